@@ -1,0 +1,1 @@
+"""The embedded llama.cpp engine and its gRPC Engine service."""

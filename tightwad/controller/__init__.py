@@ -1,0 +1,1 @@
+"""Cluster state, placement and orchestration (tightwad-controller)."""

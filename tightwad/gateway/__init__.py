@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP gateway and its speculative loop (tightwad-gateway)."""

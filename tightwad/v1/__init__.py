@@ -1,0 +1,1 @@
+"""Generated gRPC/protobuf code for tightwad.v1 (scripts/gen_protos.py)."""
