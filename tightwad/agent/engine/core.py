@@ -200,11 +200,11 @@ class Engine:
         if self._closed:
             return
         self._closed = True
-        await self._run(self._m.close)
+        await asyncio.get_running_loop().run_in_executor(self._exec, self._m.close)
         self._exec.shutdown(wait=True)
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        if self._closed and fn is not self._m.close:
+        if self._closed:
             raise UnavailableError(f"engine {self.cfg.model_id} is closed")
         return await asyncio.get_running_loop().run_in_executor(self._exec, fn)
 
@@ -321,6 +321,9 @@ class Engine:
         slot, src, reuse = self._choose_slot(prompt)
         slot.live = True
         self._live += 1
+        # What the slot will hold once its queued prefill has run (the worker is FIFO), so a
+        # session opened right after may copy this prefix safely.
+        slot.kv_tokens = list(prompt[:-1])
         session = Session(
             self,
             slot,
@@ -334,6 +337,7 @@ class Engine:
         try:
             await self._run(lambda: session._prefill(src, reuse))
         except BaseException:
+            session.n_kv = 0
             session.release()
             raise
         return session, reuse, (time.perf_counter() - t0) * 1000.0
@@ -505,7 +509,7 @@ class Session:
         def argmax_at(i: int) -> int:
             if self._plain:
                 return int(np.argmax(row(i)))
-            return int(dist_at(i).token_ids[0])
+            return dist_at(i).argmax()
 
         outcome: Outcome = verify(draft, q, dist_at, argmax_at, self.sampling.greedy, self.rng)
         a, nxt = outcome.accepted, outcome.next_token
@@ -550,6 +554,7 @@ class Session:
 
         def do() -> int:
             self.tokens = self.tokens[:keep]
+            self._slot.kv_tokens = self._slot.kv_tokens[: keep - 1]
             if self.n_kv > keep - 1:
                 self._m.seq_rm(self.seq, keep - 1, -1)
                 self.n_kv = keep - 1
@@ -602,6 +607,7 @@ class Session:
         m = self._m
         valid = min(_lcp(self.tokens, new), self.n_kv, len(new) - 1)
         m.seq_rm(self.seq, valid, -1)
+        self._slot.kv_tokens = self._slot.kv_tokens[:valid]
         self.tokens = new
         tail = new[valid:] if want_row else new[valid:-1]
         if tail:
@@ -623,14 +629,14 @@ class Session:
         # The pending token was just decoded: n_kv == len(tokens) here.
         if self.sampling.greedy:
             dist = self._dist(logits, self.tokens) if not self._plain else None
-            tok = int(dist.token_ids[0]) if dist is not None else int(np.argmax(logits))
+            tok = dist.argmax() if dist is not None else int(np.argmax(logits))
             prob = _softmax_prob_of(logits, tok)
             if prob < min_confidence:
                 return None
             return DraftStep(token_id=tok, prob=prob, q=None)
         dist = self._dist(logits, self.tokens)
         if top_m > 0 and len(dist.token_ids) > top_m:
-            dist = dist.truncate(top_m)
+            dist = dist.top(top_m)
         tok = sample(dist, self.rng)
         prob = dist.prob_of(tok)
         if prob < min_confidence:

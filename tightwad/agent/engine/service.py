@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from tightwad import convert as wire
 from tightwad.agent.engine import convert
 from tightwad.agent.engine.core import Engine, Session
 from tightwad.errors import InvalidRequestError, NotFoundError
@@ -159,7 +160,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             )
         else:
             raise InvalidRequestError("open needs a prompt: tokens, text or chat")
-        sampling, seed = convert.sampling_from_pb(cmd.sampling)
+        sampling, seed = wire.sampling_from_pb(cmd.sampling)
         session, cached, ms = await engine.open_session(
             prompt, sampling, seed=seed, top_logprobs=cmd.top_logprobs, logprobs=cmd.logprobs
         )
@@ -178,7 +179,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         seq = req.seq
         if kind == "verify":
             cmd = req.verify
-            q = [convert.sparse_from_pb(d) for d in cmd.draft_probs] or None
+            q = [wire.sparse_from_pb(d) for d in cmd.draft_probs] or None
             res = await session.verify(list(cmd.draft_token_ids), q)
             yield engine_pb2.SessionResponse(
                 seq=seq,
@@ -208,7 +209,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
                     draft_token=engine_pb2.DraftTokenEvent(
                         token_id=step.token_id,
                         prob=step.prob,
-                        q=convert.sparse_to_pb(step.q) if step.q is not None else None,
+                        q=wire.sparse_to_pb(step.q) if step.q is not None else None,
                     ),
                 )
             yield engine_pb2.SessionResponse(

@@ -1,0 +1,485 @@
+"""The OpenAI-compatible HTTP API of ``tightwad-gateway`` (aiohttp), over the Backend Protocol.
+
+Owns :class:`GatewaySettings` and :func:`create_app`. Routes:
+
+    POST /v1/chat/completions     chat, JSON or SSE                      bearer token
+    POST /v1/completions          legacy completions, JSON or SSE        bearer token
+    GET  /v1/models[/{id}]        the configured routes as OpenAI models bearer token
+    GET  /v1/tightwad/status      routes, in-flight counts, totals       token + allow-list
+    GET  /metrics                 Prometheus text                        token + allow-list
+    GET  /healthz                 200 while the process is up            open
+    GET  /readyz                  200 when every route is ready, or 503  open
+
+Guarantees: every error is an OpenAI ``{"error": {message, type, param, code}}`` body with its
+status (aiohttp's own 404/405/413 included); an unexpected exception is a generic 500 with the
+traceback in the log; an error after a stream started is one SSE ``data: {"error": ...}`` event
+and the stream ends without ``[DONE]``; the Backend's generator is always closed (``aclose``)
+however the request ends: finished, failed, timed out, or the client gone.
+
+Serve the app with ``handler_cancellation=True`` (``web.AppRunner(app, handler_cancellation=
+True)``) so a client that disconnects while the Backend is still thinking cancels at once;
+without it the Backend is closed at the next write that fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from tightwad.errors import (
+    ConfigError,
+    DeadlineError,
+    NotFoundError,
+    OverloadedError,
+    TightwadError,
+)
+from tightwad.gateway.metrics import CONTENT_TYPE, GatewayMetrics, route_status
+from tightwad.gateway.openai_schema import (
+    Limits,
+    ParsedRequest,
+    parse_chat,
+    parse_completion,
+    parse_json_object,
+)
+from tightwad.gateway.security import NetworkAllowList, RouteLimiter, check_bearer
+from tightwad.gateway.sse import Renderer, SSEWriter, renderer_for
+from tightwad.gateway.types import Backend, Finished, GenerationEvent, TextDelta
+from tightwad.logs import get_logger
+
+__all__ = ["GatewaySettings", "create_app"]
+
+log = get_logger(__name__)
+
+_OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+_OPERATOR_PATHS = frozenset({"/metrics", "/v1/tightwad/status"})
+_CLIENT_CLOSED = 499  # nginx's "client closed request", for metrics only
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """How the HTTP layer guards and bounds requests."""
+
+    api_key: str | None = None
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_tokens_cap: int = 4096
+    max_concurrency: int = 8  # per route
+    max_queue: int = 32  # per route, beyond max_concurrency; then 429
+    request_timeout_s: float = 600.0
+    status_allow_networks: tuple[str, ...] = ()  # CIDRs for /metrics and status; empty = open
+    default_max_tokens: int = 512
+    default_temperature: float = 1.0  # OpenAI's default when a request omits temperature
+
+    def __post_init__(self) -> None:
+        positive = {
+            "max_body_bytes": self.max_body_bytes,
+            "max_tokens_cap": self.max_tokens_cap,
+            "max_concurrency": self.max_concurrency,
+            "request_timeout_s": self.request_timeout_s,
+            "default_max_tokens": self.default_max_tokens,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"gateway.{name}", f"must be > 0, got {value}")
+        if self.max_queue < 0:
+            raise ConfigError("gateway.max_queue", f"must be >= 0, got {self.max_queue}")
+        if self.api_key is not None and not self.api_key:
+            raise ConfigError("gateway.api_key", "must not be empty (use null for no key)")
+
+
+def error_response(
+    status: int, message: str, kind: str, *, param: str | None = None, code: str | None = None
+) -> web.Response:
+    """An OpenAI-style error response."""
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return web.json_response(body, status=status)
+
+
+def _tightwad_error_response(error: TightwadError) -> web.Response:
+    response = web.json_response(error.openai_body(), status=error.http_status)
+    if error.http_status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def _http_error_response(request: web.Request, exc: web.HTTPException) -> web.Response:
+    if exc.status == 404:
+        message = f"Invalid URL ({request.method} {request.path})"
+        return error_response(404, message, "invalid_request_error", code="unknown_url")
+    if exc.status == 405:
+        message = f"Method {request.method} is not allowed on {request.path}."
+        return error_response(405, message, "invalid_request_error", code="method_not_allowed")
+    if exc.status == 413:
+        message = f"Request body too large: the limit is {request.app[GATEWAY].max_body} bytes."
+        return error_response(413, message, "invalid_request_error", code="request_too_large")
+    kind = "invalid_request_error" if exc.status < 500 else "server_error"
+    return error_response(exc.status, exc.reason, kind)
+
+
+def _internal_error_body() -> dict[str, Any]:
+    message = "The server had an error while processing your request."
+    return {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+
+
+def _internal_error_response() -> web.Response:
+    return web.json_response(_internal_error_body(), status=500)
+
+
+@dataclass(slots=True)
+class _Gateway:
+    routes: Mapping[str, Backend]
+    settings: GatewaySettings
+    allow: NetworkAllowList
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    limiters: dict[str, RouteLimiter] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+
+    @property
+    def max_body(self) -> int:
+        return self.settings.max_body_bytes
+
+    @property
+    def limits(self) -> Limits:
+        s = self.settings
+        return Limits(s.max_tokens_cap, s.default_max_tokens, s.default_temperature)
+
+    def backend(self, model: str) -> Backend:
+        backend = self.routes.get(model)
+        if backend is None:
+            raise NotFoundError(
+                f"The model `{model}` does not exist or you do not have access to it."
+            )
+        return backend
+
+
+GATEWAY = web.AppKey("tightwad_gateway", _Gateway)
+REQUEST_ID = web.RequestKey("tightwad_request_id", str)
+ROUTE = web.RequestKey("tightwad_route", str)
+
+
+# ---------------------------------------------------------------------------------------------
+# Middlewares: errors + metrics (outermost), then auth.
+
+
+@web.middleware
+async def _error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    request_id = uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    started = time.monotonic()
+    status = _CLIENT_CLOSED
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        try:
+            response = await _answer(request, handler)
+            status = response.status
+            if not response.prepared:
+                response.headers["x-request-id"] = request_id
+            return response
+        finally:
+            if request.path not in _OPEN_PATHS and request.path != "/metrics":
+                elapsed = time.monotonic() - started
+                route = request.get(ROUTE, "")
+                gateway.metrics.observe_request(route, _endpoint(request), status, elapsed)
+
+
+async def _answer(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except TightwadError as exc:
+        return _tightwad_error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _http_error_response(request, exc)
+    except Exception:
+        log.exception("request_failed", path=request.path)
+        return _internal_error_response()
+
+
+def _endpoint(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def _auth_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    if request.path in _OPEN_PATHS:
+        return await handler(request)
+    if gateway.settings.api_key is not None:
+        check_bearer(request.headers.get("Authorization"), gateway.settings.api_key)
+    if request.path in _OPERATOR_PATHS and not gateway.allow.allows(request.remote):
+        return error_response(
+            403, "Your address may not read this endpoint.", "permission_error", code="forbidden"
+        )
+    return await handler(request)
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation: chat and completions.
+
+
+async def _read_json(request: web.Request) -> dict[str, Any]:
+    limit = request.app[GATEWAY].max_body
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    return parse_json_object(await request.read())
+
+
+async def _chat_completions(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    body = await _read_json(request)
+    parsed = parse_chat(body, gateway.limits, request[REQUEST_ID])
+    return await _Generation(request, gateway, parsed, "chatcmpl-").run()
+
+
+async def _completions(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    body = await _read_json(request)
+    parsed = parse_completion(body, gateway.limits, request[REQUEST_ID])
+    return await _Generation(request, gateway, parsed, "cmpl-").run()
+
+
+@asynccontextmanager
+async def _closing(
+    events: AsyncIterator[GenerationEvent],
+) -> AsyncIterator[AsyncIterator[GenerationEvent]]:
+    """Yield ``events`` and always ``aclose()`` it after, so engine sessions are freed.
+
+    The Protocol types ``generate`` as an AsyncIterator; every async generator has ``aclose``.
+    """
+    try:
+        yield events
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            try:
+                await aclose()
+            except Exception:  # the answer is already decided; never mask it
+                log.exception("backend_close_failed")
+
+
+class _Generation:
+    """One generation request, from the route's queue to the last byte."""
+
+    def __init__(
+        self, request: web.Request, gateway: _Gateway, parsed: ParsedRequest, prefix: str
+    ) -> None:
+        self.request = request
+        self.gateway = gateway
+        self.parsed = parsed
+        self.route = parsed.request.model
+        self.backend = gateway.backend(self.route)
+        request[ROUTE] = self.route
+        self.renderer: Renderer = renderer_for(parsed, prefix + request[REQUEST_ID])
+        self.started = time.monotonic()
+        self.first_token_seen = False
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + gateway.settings.request_timeout_s
+
+    async def run(self) -> web.StreamResponse:
+        with structlog.contextvars.bound_contextvars(model=self.route):
+            async with AsyncExitStack() as stack:
+                await self._enter_slot(stack)
+                generator = self.backend.generate(self.parsed.request)
+                events = await stack.enter_async_context(_closing(generator))
+                if self.parsed.stream:
+                    return await self._stream(events)
+                return await self._collect(events)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _enter_slot(self, stack: AsyncExitStack) -> None:
+        limiter = self.gateway.limiters[self.route]
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                await stack.enter_async_context(limiter.slot())
+        except TimeoutError as exc:
+            raise DeadlineError("The request timed out while waiting in the queue.") from exc
+        except OverloadedError:
+            self.gateway.metrics.observe_rejection(self.route)
+            raise
+        gauge = self.gateway.metrics.in_flight.labels(self.route)
+        gauge.inc()
+        stack.callback(gauge.dec)
+
+    def _observe(self, event: GenerationEvent) -> None:
+        if isinstance(event, Finished):
+            self.gateway.metrics.observe_finished(self.route, event)
+        elif event.text and not self.first_token_seen:
+            self.first_token_seen = True
+            elapsed = time.monotonic() - self.started
+            self.gateway.metrics.observe_first_token(self.route, elapsed)
+
+    async def _collect(self, events: AsyncIterator[GenerationEvent]) -> web.Response:
+        deltas: list[TextDelta] = []
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                async for event in events:
+                    self._observe(event)
+                    if isinstance(event, Finished):
+                        return web.json_response(self.renderer.body(deltas, event), dumps=_dumps)
+                    deltas.append(event)
+        except TimeoutError as exc:
+            raise DeadlineError("The request timed out.") from exc
+        raise TightwadError("The backend ended the generation without finishing it.")
+
+    async def _first_event(self, events: AsyncIterator[GenerationEvent]) -> GenerationEvent:
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                event = await anext(events, None)
+        except TimeoutError as exc:
+            raise DeadlineError("The request timed out before the first token.") from exc
+        if event is None:
+            raise TightwadError("The backend ended the generation without finishing it.")
+        return event
+
+    async def _stream(self, events: AsyncIterator[GenerationEvent]) -> web.StreamResponse:
+        first = await self._first_event(events)
+        writer = SSEWriter(self.request, {"x-request-id": self.request[REQUEST_ID]})
+        await writer.prepare()
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                await self._pump(writer, first, events)
+        except ConnectionResetError:
+            log.info("client_disconnected")
+        except Exception as exc:
+            await self._send_error(writer, exc)
+        return writer.response
+
+    async def _pump(
+        self,
+        writer: SSEWriter,
+        event: GenerationEvent | None,
+        events: AsyncIterator[GenerationEvent],
+    ) -> None:
+        for chunk in self.renderer.start_chunks():
+            await writer.send(chunk)
+        while event is not None:
+            self._observe(event)
+            if isinstance(event, Finished):
+                for chunk in self.renderer.finish_chunks(event):
+                    await writer.send(chunk)
+                await writer.done()
+                return
+            delta_chunk = self.renderer.delta_chunk(event)
+            if delta_chunk is not None:
+                await writer.send(delta_chunk)
+            event = await anext(events, None)
+        raise TightwadError("The backend ended the generation without finishing it.")
+
+    async def _send_error(self, writer: SSEWriter, exc: Exception) -> None:
+        if isinstance(exc, TimeoutError):
+            exc = DeadlineError("The request timed out.")
+        if isinstance(exc, TightwadError):
+            log.warning("stream_failed", error=exc.message, status=exc.http_status)
+            body = exc.openai_body()
+        else:
+            log.error("stream_failed", exc_info=exc)
+            body = _internal_error_body()
+        try:
+            await writer.send(body)
+            await writer.end()
+        except ConnectionResetError:
+            log.info("client_disconnected")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+# ---------------------------------------------------------------------------------------------
+# Models, status, metrics, health.
+
+
+def _model_object(gateway: _Gateway, name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": int(gateway.started), "owned_by": "tightwad"}
+
+
+async def _list_models(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    data = [_model_object(gateway, name) for name in gateway.routes]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def _get_model(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    name = request.match_info["model_id"]
+    gateway.backend(name)
+    return web.json_response(_model_object(gateway, name))
+
+
+async def _status(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    routes = [
+        route_status(name, backend, limiter.running, limiter.waiting)
+        for (name, backend), limiter in zip(
+            gateway.routes.items(), gateway.limiters.values(), strict=True
+        )
+    ]
+    body = gateway.metrics.status_report(routes, gateway.started)
+    return web.json_response(body, dumps=_dumps)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    payload = request.app[GATEWAY].metrics.render()
+    return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def _is_ready(backend: Backend) -> bool:
+    try:
+        return bool(backend.info().ready)
+    except Exception:
+        return False
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    not_ready = [name for name, backend in gateway.routes.items() if not _is_ready(backend)]
+    if not_ready:
+        return web.json_response({"ready": False, "not_ready": not_ready}, status=503)
+    return web.json_response({"ready": True, "not_ready": []})
+
+
+def create_app(
+    routes: Mapping[str, Backend],
+    settings: GatewaySettings,
+    *,
+    on_shutdown: Callable[[web.Application], Awaitable[None]] | None = None,
+) -> web.Application:
+    """Build the gateway's aiohttp application over ``routes`` (model name → Backend)."""
+    gateway = _Gateway(routes, settings, NetworkAllowList(settings.status_allow_networks))
+    for name in routes:
+        gateway.limiters[name] = RouteLimiter(name, settings.max_concurrency, settings.max_queue)
+    app = web.Application(
+        middlewares=[_error_middleware, _auth_middleware], client_max_size=settings.max_body_bytes
+    )
+    app[GATEWAY] = gateway
+    app.router.add_post("/v1/chat/completions", _chat_completions)
+    app.router.add_post("/v1/completions", _completions)
+    app.router.add_get("/v1/models", _list_models)
+    app.router.add_get("/v1/models/{model_id:.+}", _get_model)
+    app.router.add_get("/v1/tightwad/status", _status)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    if on_shutdown is not None:
+        app.on_shutdown.append(on_shutdown)
+    return app

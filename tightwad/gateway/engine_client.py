@@ -1,0 +1,297 @@
+"""gRPC client of the Engine service: one channel per engine, one stream per session.
+
+:class:`RemoteSession` speaks the Session stream command by command (write, then read the
+events of that command). Failures surface as :mod:`tightwad.errors` types; the stream is
+cancelled on close, so the engine frees the sequence whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from tightwad.convert import sampling_to_pb, sparse_to_pb
+from tightwad.errors import InvalidRequestError, UnavailableError, from_grpc_status
+from tightwad.rpc import client_channel, translate_rpc_error
+from tightwad.spec.sampling import SamplingConfig, SparseDist
+from tightwad.v1 import engine_pb2, engine_pb2_grpc
+
+__all__ = [
+    "DraftProposal",
+    "EngineClient",
+    "Opened",
+    "RemoteEngineInfo",
+    "RemoteSession",
+    "Verified",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteEngineInfo:
+    model: str
+    model_name: str
+    architecture: str
+    n_ctx: int
+    n_vocab: int
+    vocab_fingerprint: str
+    can_verify: bool
+    can_draft: bool
+    can_render_chat: bool
+    eog_token_ids: frozenset[int]
+    bos_token_id: int
+    live_sessions: int
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    prompt_tokens: tuple[int, ...]
+    cached_tokens: int
+    prefill_ms: float
+    n_ctx: int
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    accepted: int
+    next_token: int
+    logprobs: tuple[Any, ...]
+    verify_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class DraftProposal:
+    tokens: tuple[int, ...]
+    probs: tuple[float, ...]
+    q: tuple[SparseDist, ...] | None
+    draft_ms: float
+    stop: str
+
+
+class EngineClient:
+    """A connection to one engine (agent address + model id)."""
+
+    def __init__(
+        self,
+        address: str,
+        model: str = "",
+        *,
+        token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        rpc_timeout_s: float = 30.0,
+    ) -> None:
+        self.address = address
+        self.model = model
+        self._channel = client_channel(address, token=token, credentials=credentials)
+        self._stub = engine_pb2_grpc.EngineServiceStub(self._channel)
+        self._timeout = rpc_timeout_s
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    def _what(self, rpc: str) -> str:
+        return f"engine {self.model or '(default)'} at {self.address} {rpc}"
+
+    async def info(self) -> RemoteEngineInfo:
+        try:
+            r = await self._stub.Info(
+                engine_pb2.InfoRequest(model=self.model), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate_rpc_error(exc, self._what("Info")) from exc
+        return RemoteEngineInfo(
+            model=r.model,
+            model_name=r.model_name,
+            architecture=r.architecture,
+            n_ctx=r.n_ctx,
+            n_vocab=r.n_vocab,
+            vocab_fingerprint=r.vocab_fingerprint,
+            can_verify=r.capabilities.can_verify,
+            can_draft=r.capabilities.can_draft,
+            can_render_chat=r.capabilities.can_render_chat,
+            eog_token_ids=frozenset(r.eog_token_ids),
+            bos_token_id=r.bos_token_id,
+            live_sessions=r.live_sessions,
+            kind=engine_pb2.EngineKind.Name(r.kind),
+        )
+
+    async def vocabulary(self) -> tuple[list[bytes], frozenset[int], str]:
+        try:
+            r = await self._stub.Vocabulary(
+                engine_pb2.VocabularyRequest(model=self.model), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate_rpc_error(exc, self._what("Vocabulary")) from exc
+        return list(r.pieces), frozenset(r.special_token_ids), r.vocab_fingerprint
+
+    async def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        try:
+            r = await self._stub.Tokenize(
+                engine_pb2.TokenizeRequest(
+                    model=self.model,
+                    text=text,
+                    add_special=add_special,
+                    parse_special=parse_special,
+                ),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate_rpc_error(exc, self._what("Tokenize")) from exc
+        return list(r.token_ids)
+
+    async def render_chat(
+        self, messages: Sequence[tuple[str, str, str]], *, add_generation_prompt: bool = True
+    ) -> list[int]:
+        req = engine_pb2.RenderChatRequest(
+            model=self.model,
+            messages=[engine_pb2.ChatMessage(role=r, content=c, name=n) for r, c, n in messages],
+            add_generation_prompt=add_generation_prompt,
+        )
+        try:
+            r = await self._stub.RenderChat(req, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise translate_rpc_error(exc, self._what("RenderChat")) from exc
+        return list(r.token_ids)
+
+    def session(self, *, timeout_s: float | None = None) -> RemoteSession:
+        return RemoteSession(self, timeout_s=timeout_s)
+
+
+class RemoteSession:
+    """One Session stream. ``open`` first; ``close`` (or ``abort``) always."""
+
+    def __init__(self, client: EngineClient, *, timeout_s: float | None) -> None:
+        self._client = client
+        self._call: Any = client._stub.Session(timeout=timeout_s)
+        self._seq = 0
+        self.closed = False
+
+    async def _send(self, **command: Any) -> int:
+        self._seq += 1
+        try:
+            await self._call.write(engine_pb2.SessionRequest(seq=self._seq, **command))
+        except grpc.aio.AioRpcError as exc:
+            raise translate_rpc_error(exc, self._client._what("Session")) from exc
+        except asyncio.InvalidStateError as exc:
+            raise UnavailableError(f"{self._client._what('Session')}: stream closed") from exc
+        return self._seq
+
+    async def _read(self) -> engine_pb2.SessionResponse:
+        try:
+            resp = await self._call.read()
+        except grpc.aio.AioRpcError as exc:
+            raise translate_rpc_error(exc, self._client._what("Session")) from exc
+        if resp is grpc.aio.EOF:
+            code = await self._call.code()
+            details = await self._call.details()
+            if code is not None and code != grpc.StatusCode.OK:
+                raise from_grpc_status(code, f"{self._client._what('Session')}: {details}")
+            raise UnavailableError(f"{self._client._what('Session')}: stream ended")
+        return resp  # type: ignore[no-any-return]
+
+    async def open(
+        self,
+        prompt_tokens: Sequence[int],
+        sampling: SamplingConfig,
+        *,
+        seed: int | None = None,
+        top_logprobs: int = 0,
+        logprobs: bool = False,
+    ) -> Opened:
+        await self._send(
+            open=engine_pb2.OpenCommand(
+                model=self._client.model,
+                tokens=engine_pb2.TokenList(token_ids=list(prompt_tokens)),
+                sampling=sampling_to_pb(sampling, seed),
+                top_logprobs=top_logprobs,
+                logprobs=logprobs,
+            )
+        )
+        resp = await self._read()
+        if resp.WhichOneof("event") != "opened":
+            raise InvalidRequestError(f"unexpected {resp.WhichOneof('event')} after open")
+        o = resp.opened
+        return Opened(
+            prompt_tokens=tuple(o.prompt_token_ids),
+            cached_tokens=o.cached_tokens,
+            prefill_ms=o.prefill_ms,
+            n_ctx=o.n_ctx,
+        )
+
+    async def verify(self, draft: Sequence[int], q: Sequence[SparseDist] | None = None) -> Verified:
+        probs = []
+        if q:
+            probs = [sparse_to_pb(d) for d in q]
+        await self._send(
+            verify=engine_pb2.VerifyCommand(draft_token_ids=list(draft), draft_probs=probs)
+        )
+        resp = await self._read()
+        v = resp.verified
+        return Verified(
+            accepted=v.accepted,
+            next_token=v.next_token_id,
+            logprobs=tuple(v.logprobs),
+            verify_ms=v.verify_ms,
+        )
+
+    async def draft(
+        self,
+        k: int,
+        *,
+        keep: int,
+        append: Sequence[int] = (),
+        min_confidence: float = 0.0,
+        top_m: int = 0,
+    ) -> DraftProposal:
+        await self._send(
+            draft=engine_pb2.DraftCommand(
+                k=k, keep=keep, append=list(append), min_confidence=min_confidence, top_m=top_m
+            )
+        )
+        tokens: list[int] = []
+        probs: list[float] = []
+        qs: list[SparseDist] = []
+        sampled = False
+        while True:
+            resp = await self._read()
+            kind = resp.WhichOneof("event")
+            if kind == "draft_token":
+                d = resp.draft_token
+                tokens.append(d.token_id)
+                probs.append(d.prob)
+                if d.HasField("q") and d.q.token_ids:
+                    sampled = True
+                    qs.append(SparseDist.of(list(d.q.token_ids), list(d.q.probs)))
+                else:
+                    qs.append(SparseDist.one_hot(d.token_id))
+            elif kind == "draft_done":
+                dd = resp.draft_done
+                return DraftProposal(
+                    tokens=tuple(tokens),
+                    probs=tuple(probs),
+                    q=tuple(qs) if sampled else None,
+                    draft_ms=dd.draft_ms,
+                    stop=engine_pb2.DraftStop.Name(dd.stop),
+                )
+            else:
+                raise InvalidRequestError(f"unexpected {kind} during draft")
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            await self._send(close=engine_pb2.CloseCommand())
+            await self._read()
+            await self._call.done_writing()
+        except Exception:
+            self._call.cancel()
+
+    def abort(self) -> None:
+        """Cancel the stream without waiting (the engine frees the sequence)."""
+        self.closed = True
+        self._call.cancel()

@@ -1,0 +1,465 @@
+"""Hand-written validation of OpenAI request bodies into :class:`GenerationRequest`.
+
+Owns :func:`parse_json_object`, :func:`parse_chat` and :func:`parse_completion`. Guarantees:
+
+- every refusal is an :class:`~tightwad.errors.InvalidRequestError` (400) naming the offending
+  ``param`` the way a client wrote it (``messages[2].content[0].type``, ``stop``, ...);
+- a field we understand but cannot honour (``n > 1``, ``tools``, image parts, a prompt batch)
+  is an :class:`~tightwad.errors.UnsupportedParameterError` (code ``unsupported_parameter``);
+- a field OpenAI does not define (and that is not one of our llama.cpp extensions ``top_k``,
+  ``min_p``, ``repeat_penalty``, ``penalty_last_n``) is refused by name, as OpenAI does;
+- an explicit JSON ``null`` means "not given", for every optional field;
+- ``max_tokens`` / ``max_completion_tokens`` (the latter wins when both are set) never exceed
+  the gateway's cap; when neither is given the gateway's default applies.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tightwad.errors import InvalidRequestError, UnsupportedParameterError
+from tightwad.gateway.types import ChatMessage, GenerationRequest
+from tightwad.spec.sampling import SamplingConfig
+
+__all__ = ["Endpoint", "Limits", "ParsedRequest", "parse_chat", "parse_completion"]
+
+Endpoint = Literal["chat", "completion"]
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_ROLES = frozenset({"system", "user", "assistant", "developer"})
+_COMMON = frozenset(
+    {
+        "model", "stream", "stream_options", "max_tokens", "max_completion_tokens",
+        "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "penalty_last_n",
+        "presence_penalty", "frequency_penalty", "logit_bias", "seed", "stop", "logprobs",
+        "prediction", "user", "n",
+    }
+)  # fmt: skip
+# Fields we know but only accept at their neutral value (JSON null always counts as absent).
+_CHAT_NEUTRAL: Mapping[str, tuple[object, ...]] = {
+    "tools": ([],),
+    "tool_choice": ("none",),
+    "functions": ([],),
+    "function_call": ("none",),
+    "response_format": ({"type": "text"},),
+    "audio": (),
+    "modalities": (["text"],),
+}
+_COMPLETION_NEUTRAL: Mapping[str, tuple[object, ...]] = {"best_of": (1,), "suffix": ("",)}
+_CHAT_FIELDS = _COMMON | {"messages", "top_logprobs", "parallel_tool_calls"} | set(_CHAT_NEUTRAL)
+_COMPLETION_FIELDS = _COMMON | {"prompt", "echo"} | set(_COMPLETION_NEUTRAL)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The gateway's bounds on a request (from its settings)."""
+
+    max_tokens_cap: int = 4096
+    default_max_tokens: int = 512
+    # OpenAI's default when ``temperature`` is omitted.
+    default_temperature: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    """A validated request: what to generate and how to deliver it."""
+
+    endpoint: Endpoint
+    request: GenerationRequest
+    stream: bool
+    include_usage: bool
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """Decode a request body that must be one JSON object (NaN/Infinity refused)."""
+    try:
+        value = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(
+            "We could not parse the JSON body of your request. The body must be valid JSON."
+        ) from exc
+    if not isinstance(value, dict):
+        raise InvalidRequestError("The request body must be a JSON object.")
+    return value
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_chat(body: Mapping[str, Any], limits: Limits, request_id: str = "") -> ParsedRequest:
+    """Validate a ``POST /v1/chat/completions`` body."""
+    _check_fields(body, _CHAT_FIELDS, _CHAT_NEUTRAL)
+    _boolean(body, "parallel_tool_calls", False)
+    logprobs = _boolean(body, "logprobs", False)
+    top_logprobs = _integer(body, "top_logprobs", 0, 20)
+    if top_logprobs and not logprobs:
+        raise InvalidRequestError(
+            "logprobs must be set to true when top_logprobs is used.", param="top_logprobs"
+        )
+    messages = _messages(body.get("messages"))
+    return _finish(
+        "chat",
+        body,
+        limits,
+        request_id,
+        messages=messages,
+        logprobs=logprobs,
+        top_logprobs=top_logprobs or 0,
+    )
+
+
+def parse_completion(
+    body: Mapping[str, Any], limits: Limits, request_id: str = ""
+) -> ParsedRequest:
+    """Validate a ``POST /v1/completions`` body."""
+    _check_fields(body, _COMPLETION_FIELDS, _COMPLETION_NEUTRAL)
+    n_logprobs = _integer(body, "logprobs", 0, 5)
+    prompt, prompt_tokens = _prompt(body.get("prompt"))
+    return _finish(
+        "completion",
+        body,
+        limits,
+        request_id,
+        prompt=prompt,
+        prompt_tokens=prompt_tokens,
+        logprobs=n_logprobs is not None,
+        top_logprobs=n_logprobs or 0,
+        echo=_boolean(body, "echo", False),
+    )
+
+
+def _finish(
+    endpoint: Endpoint,
+    body: Mapping[str, Any],
+    limits: Limits,
+    request_id: str,
+    **specific: Any,
+) -> ParsedRequest:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError("you must provide a model parameter", param="model")
+    n = _integer(body, "n", 1, None)
+    if n is not None and n > 1:
+        raise UnsupportedParameterError("Only n=1 is supported.", param="n")
+    _string(body, "user")
+    stream = _boolean(body, "stream", False)
+    request = GenerationRequest(
+        model=model,
+        sampling=_sampling(body, limits),
+        seed=_integer(body, "seed", _INT64_MIN, _INT64_MAX),
+        max_tokens=_max_tokens(body, limits),
+        stop=_stop(body.get("stop")),
+        prediction=_prediction(body.get("prediction")),
+        request_id=request_id,
+        **specific,
+    )
+    return ParsedRequest(endpoint, request, stream, _include_usage(body, stream))
+
+
+def _check_fields(
+    body: Mapping[str, Any],
+    known: frozenset[str] | set[str],
+    neutral: Mapping[str, tuple[object, ...]],
+) -> None:
+    for key, value in body.items():
+        if key not in known:
+            raise InvalidRequestError(f"Unrecognized request argument supplied: {key}", param=key)
+        if key in neutral and value is not None and value not in neutral[key]:
+            raise UnsupportedParameterError(f"'{key}' is not supported by this server.", param=key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed field readers: each returns None when the field is absent or null.
+
+
+def _type_error(param: str, expected: str, value: object) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)}.",
+        param=param,
+    )
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _boolean(body: Mapping[str, Any], key: str, default: bool, *, param: str = "") -> bool:
+    value = body.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise _type_error(param or key, "a boolean", value)
+    return value
+
+
+def _string(body: Mapping[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise _type_error(key, "a string", value)
+    return value
+
+
+def _integer(body: Mapping[str, Any], key: str, lo: int | None, hi: int | None) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _type_error(key, "an integer", value)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise InvalidRequestError(
+            f"Invalid value for '{key}': {value} is outside [{lo}, {hi}].", param=key
+        )
+    return value
+
+
+def _number(
+    body: Mapping[str, Any], key: str, lo: float, hi: float, *, lo_open: bool = False
+) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _type_error(key, "a number", value)
+    number = float(value)
+    below = number <= lo if lo_open else number < lo
+    if not math.isfinite(number) or below or number > hi:
+        bracket = "(" if lo_open else "["
+        raise InvalidRequestError(
+            f"Invalid value for '{key}': {value} is outside {bracket}{lo:g}, {hi:g}].", param=key
+        )
+    return number
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling and limits.
+
+
+def _sampling(body: Mapping[str, Any], limits: Limits) -> SamplingConfig:
+    temperature = _number(body, "temperature", 0.0, 2.0)
+    values: dict[str, Any] = {
+        "temperature": limits.default_temperature if temperature is None else temperature,
+        "top_p": _number(body, "top_p", 0.0, 1.0, lo_open=True),
+        "top_k": _integer(body, "top_k", 0, None),
+        "min_p": _number(body, "min_p", 0.0, 1.0),
+        "repeat_penalty": _number(body, "repeat_penalty", 0.0, math.inf, lo_open=True),
+        "penalty_last_n": _integer(body, "penalty_last_n", -1, None),
+        "presence_penalty": _number(body, "presence_penalty", -2.0, 2.0),
+        "frequency_penalty": _number(body, "frequency_penalty", -2.0, 2.0),
+        "logit_bias": _logit_bias(body.get("logit_bias")),
+    }
+    given = {name: value for name, value in values.items() if value is not None}
+    try:
+        return SamplingConfig(**given)
+    except ValueError as exc:
+        param = str(exc).split(":", 1)[0]
+        raise InvalidRequestError(f"Invalid sampling parameters: {exc}", param=param) from exc
+
+
+def _logit_bias(value: object) -> dict[int, float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _type_error("logit_bias", "an object", value)
+    bias: dict[int, float] = {}
+    for key, amount in value.items():
+        if not (isinstance(key, str) and key.isascii() and key.isdigit()):
+            raise InvalidRequestError(
+                f"Invalid key in 'logit_bias': {key!r} is not a token id.", param="logit_bias"
+            )
+        if isinstance(amount, bool) or not isinstance(amount, int | float):
+            raise _type_error(f"logit_bias.{key}", "a number", amount)
+        if not -100.0 <= float(amount) <= 100.0:
+            raise InvalidRequestError(
+                f"Invalid value in 'logit_bias': {amount} is outside [-100, 100].",
+                param="logit_bias",
+            )
+        bias[int(key)] = float(amount)
+    return bias
+
+
+def _max_tokens(body: Mapping[str, Any], limits: Limits) -> int:
+    chosen_key = "max_completion_tokens"
+    chosen = _integer(body, chosen_key, 1, None)
+    plain = _integer(body, "max_tokens", 1, None)
+    if chosen is None:
+        chosen_key, chosen = "max_tokens", plain
+    if chosen is None:
+        return min(limits.default_max_tokens, limits.max_tokens_cap)
+    if chosen > limits.max_tokens_cap:
+        raise InvalidRequestError(
+            f"{chosen_key} is too large: {chosen}. This server supports at most "
+            f"{limits.max_tokens_cap} completion tokens.",
+            param=chosen_key,
+        )
+    return chosen
+
+
+def _stop(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,) if value else ()
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _type_error("stop", "a string or an array of strings", value)
+    if len(value) > 4:
+        raise InvalidRequestError("'stop' accepts at most 4 sequences.", param="stop")
+    return tuple(item for item in value if item)
+
+
+def _include_usage(body: Mapping[str, Any], stream: bool) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not stream:
+        raise InvalidRequestError(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+        )
+    if not isinstance(options, dict):
+        raise _type_error("stream_options", "an object", options)
+    for key in options:
+        if key not in {"include_usage", "include_obfuscation"}:
+            raise InvalidRequestError(
+                f"Unrecognized argument in 'stream_options': {key}",
+                param=f"stream_options.{key}",
+            )
+    _boolean(options, "include_obfuscation", False, param="stream_options.include_obfuscation")
+    return _boolean(options, "include_usage", False, param="stream_options.include_usage")
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages, prompts and predictions.
+
+
+def _text_parts(value: object, param: str) -> str:
+    """A string, or an array of ``{"type": "text", "text": ...}`` parts joined together."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise _type_error(param, "a string or an array of content parts", value)
+    texts: list[str] = []
+    for j, part in enumerate(value):
+        where = f"{param}[{j}]"
+        if not isinstance(part, dict):
+            raise _type_error(where, "an object", part)
+        kind = part.get("type")
+        if kind != "text":
+            if isinstance(kind, str):
+                raise UnsupportedParameterError(
+                    f"Content parts of type '{kind}' are not supported; only 'text' is.",
+                    param=f"{where}.type",
+                )
+            raise _type_error(f"{where}.type", "a string", kind)
+        extra = set(part) - {"type", "text"}
+        if extra:
+            name = sorted(extra)[0]
+            raise InvalidRequestError(
+                f"Unrecognized argument in a text part: {name}", param=f"{where}.{name}"
+            )
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise _type_error(f"{where}.text", "a string", text)
+        texts.append(text)
+    return "".join(texts)
+
+
+def _messages(value: object) -> tuple[ChatMessage, ...]:
+    if value is None:
+        raise InvalidRequestError("Missing required parameter: 'messages'.", param="messages")
+    if not isinstance(value, list):
+        raise _type_error("messages", "an array", value)
+    if not value:
+        raise InvalidRequestError(
+            "Invalid 'messages': empty array. Expected an array with at least one message.",
+            param="messages",
+        )
+    return tuple(_message(item, f"messages[{i}]") for i, item in enumerate(value))
+
+
+def _message(value: object, param: str) -> ChatMessage:
+    if not isinstance(value, dict):
+        raise _type_error(param, "an object", value)
+    for key, item in value.items():
+        if key in {"tool_calls", "function_call", "audio"} and item is not None:
+            raise UnsupportedParameterError(
+                f"'{key}' in messages is not supported.", param=f"{param}.{key}"
+            )
+        if key not in {"role", "content", "name", "refusal", "tool_calls", "function_call",
+                       "audio"}:  # fmt: skip
+            raise InvalidRequestError(
+                f"Unrecognized argument in a message: {key}", param=f"{param}.{key}"
+            )
+    role = value.get("role")
+    if not isinstance(role, str):
+        raise _type_error(f"{param}.role", "a string", role)
+    if role not in _ROLES:
+        raise InvalidRequestError(
+            f"Invalid value for role: '{role}'. Supported values are: "
+            "'system', 'user', 'assistant' and 'developer'.",
+            param=f"{param}.role",
+        )
+    content = value.get("content")
+    if content is None and role == "assistant":
+        content = ""
+    name = _string(value, "name") or ""
+    return ChatMessage(role=role, content=_text_parts(content, f"{param}.content"), name=name)
+
+
+def _prompt(value: object) -> tuple[str | None, tuple[int, ...] | None]:
+    if value is None:
+        raise InvalidRequestError("Missing required parameter: 'prompt'.", param="prompt")
+    if isinstance(value, str):
+        return value, None
+    if not isinstance(value, list) or not value:
+        raise _type_error("prompt", "a string, an array of token ids or an array of strings", value)
+    if all(_is_token(item) for item in value):
+        return None, tuple(value)
+    if len(value) > 1 and all(isinstance(item, str | list) for item in value):
+        raise UnsupportedParameterError(
+            "Batches of several prompts are not supported; send one prompt per request.",
+            param="prompt",
+        )
+    only = value[0]
+    if isinstance(only, str):
+        return only, None
+    if isinstance(only, list) and only and all(_is_token(item) for item in only):
+        return None, tuple(only)
+    raise _type_error("prompt", "a string, an array of token ids or an array of strings", value)
+
+
+def _is_token(item: object) -> bool:
+    return isinstance(item, int) and not isinstance(item, bool) and item >= 0
+
+
+def _prediction(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _type_error("prediction", "an object", value)
+    if value.get("type") != "content":
+        raise InvalidRequestError(
+            "Invalid value for 'prediction.type': only 'content' is supported.",
+            param="prediction.type",
+        )
+    extra = set(value) - {"type", "content"}
+    if extra:
+        name = sorted(extra)[0]
+        raise InvalidRequestError(
+            f"Unrecognized argument in 'prediction': {name}", param=f"prediction.{name}"
+        )
+    return _text_parts(value.get("content"), "prediction.content")
