@@ -245,12 +245,7 @@ class _TokenAuth(grpc.AuthMetadataPlugin):
         callback((("authorization", f"Bearer {self._token}"),), None)
 
 
-class _MetadataInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
+class _TokenMetadata:
     """Adds the token on insecure channels (call credentials need TLS)."""
 
     def __init__(self, token: str) -> None:
@@ -263,15 +258,25 @@ class _MetadataInterceptor(
             details.method, details.timeout, md, details.credentials, details.wait_for_ready
         )
 
+
+# grpc.aio files an interceptor under the first call kind it implements, so each kind needs
+# its own object.
+class _UnaryUnaryToken(_TokenMetadata, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
+
+class _UnaryStreamToken(_TokenMetadata, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
+
+class _StreamUnaryToken(_TokenMetadata, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation: Any, details: Any, it: Any) -> Any:
         return await continuation(self._details(details), it)
 
+
+class _StreamStreamToken(_TokenMetadata, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation: Any, details: Any, it: Any) -> Any:
         return await continuation(self._details(details), it)
 
@@ -290,7 +295,14 @@ def client_channel(
             )
         return grpc.aio.secure_channel(address, credentials, options=_CHANNEL_OPTIONS)
     interceptors: Iterable[grpc.aio.ClientInterceptor] = (
-        [_MetadataInterceptor(token)] if token else []
+        [
+            _UnaryUnaryToken(token),
+            _UnaryStreamToken(token),
+            _StreamUnaryToken(token),
+            _StreamStreamToken(token),
+        ]
+        if token
+        else []
     )
     return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS, interceptors=interceptors)
 

@@ -64,10 +64,14 @@ class EngineConfig:
     cache_slots: int = 4
     threads: int = 0
     gpu_layers: int = 0
-    flash_attn: bool = False
+    flash_attn: bool = True  # batched verify is then bit-identical to one-token decoding
     batch_size: int = 512
     tensor_split: tuple[float, ...] = ()
     min_prefix_reuse: int = 8
+    # Prompts are prefilled in chunks aligned to multiples of this many positions, and a cached
+    # prefix is reused only up to such a boundary: with flash attention the KV cache, and so
+    # every logit, is then bit-identical whether or not a prefix came from the cache.
+    prefill_chunk: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +122,8 @@ class _Slot:
     seq_id: int
     live: bool = False
     kv_tokens: list[int] = field(default_factory=list)
+    # Leading positions whose KV came from aligned prefill chunks (exactly reusable).
+    exact: int = 0
     last_used: float = 0.0
 
 
@@ -324,6 +330,7 @@ class Engine:
         # What the slot will hold once its queued prefill has run (the worker is FIFO), so a
         # session opened right after may copy this prefix safely.
         slot.kv_tokens = list(prompt[:-1])
+        slot.exact = (len(prompt) - 1) // self.cfg.prefill_chunk * self.cfg.prefill_chunk
         session = Session(
             self,
             slot,
@@ -345,10 +352,11 @@ class Engine:
     def _choose_slot(self, prompt: Sequence[int]) -> tuple[_Slot, _Slot | None, int]:
         """Pick a slot for a new session and the best prefix source (slot, reuse length)."""
         limit = len(prompt) - 1
+        chunk = self.cfg.prefill_chunk
         best: _Slot | None = None
         best_len = 0
         for s in self._slots:
-            n = min(_lcp(s.kv_tokens, prompt), limit)
+            n = min(_lcp(s.kv_tokens, prompt), limit, s.exact) // chunk * chunk
             if n > best_len:
                 best, best_len = s, n
         if best_len < self.cfg.min_prefix_reuse:
@@ -415,10 +423,14 @@ class Session:
             m.seq_rm(self.seq, -1, -1)
             reuse = 0
         m.seq_rm(self.seq, reuse, -1)
-        body = self.tokens[reuse:-1]
-        if body:
-            m.decode(self.seq, body, reuse, outputs=())
-        self.n_kv = len(self.tokens) - 1
+        end = len(self.tokens) - 1
+        chunk = self._e.cfg.prefill_chunk
+        pos = reuse
+        while pos < end:
+            stop = min(end, (pos // chunk + 1) * chunk)
+            m.decode(self.seq, self.tokens[pos:stop], pos, outputs=())
+            pos = stop
+        self.n_kv = end
         self._slot.kv_tokens = self.tokens[: self.n_kv]
 
     def release(self) -> None:
@@ -444,6 +456,7 @@ class Session:
 
     def _finish_release(self, kv_tokens: list[int]) -> None:
         self._slot.kv_tokens = kv_tokens
+        self._slot.exact = min(self._slot.exact, len(kv_tokens))
         self._e._release(self._slot)
 
     @property
@@ -555,6 +568,7 @@ class Session:
         def do() -> int:
             self.tokens = self.tokens[:keep]
             self._slot.kv_tokens = self._slot.kv_tokens[: keep - 1]
+            self._slot.exact = min(self._slot.exact, keep - 1)
             if self.n_kv > keep - 1:
                 self._m.seq_rm(self.seq, keep - 1, -1)
                 self.n_kv = keep - 1
@@ -608,6 +622,7 @@ class Session:
         valid = min(_lcp(self.tokens, new), self.n_kv, len(new) - 1)
         m.seq_rm(self.seq, valid, -1)
         self._slot.kv_tokens = self._slot.kv_tokens[:valid]
+        self._slot.exact = min(self._slot.exact, valid)
         self.tokens = new
         tail = new[valid:] if want_row else new[valid:-1]
         if tail:

@@ -33,6 +33,7 @@ _DEVICE_LINE = re.compile(r"^\s+(\S+): (.*) \((\d+) MiB, (\d+) MiB free\)\s*$")
 _BANNER = re.compile(r"Starting RPC server v(\d+\.\d+\.\d+)")
 _ENDPOINT = re.compile(r"^\s*endpoint\s*:\s*(\S+)", re.MULTILINE)
 _BACKEND_MEMORY = re.compile(r"^\s*backend memory\s*:\s*(\d+) MB", re.MULTILINE)
+_SEMVER = re.compile(r"version:\s*(\d+\.\d+\.\d+[\w.-]*)\s*\(.*?commit\s+([0-9a-f]+)\)")
 _VERSION = re.compile(r"^version:\s*(\d+)\s*\(([0-9a-f]+)\)", re.MULTILINE)
 _PREFIXES: tuple[tuple[str, Backend], ...] = (
     ("CUDA", Backend.CUDA),
@@ -116,9 +117,13 @@ def parse_rpc_server_banner(text: str) -> RpcServerBanner | None:
 
 
 def parse_llama_version(text: str) -> str:
-    """``version: 6500 (1a2b3c4)`` of ``llama-server --version`` -> ``b6500-1a2b3c4``."""
+    """``version: 6500 (1a2b3c4)`` of ``llama-server --version`` -> ``b6500-1a2b3c4``; newer
+    builds print ``version: 0.5.0-dev (build 1, commit 0c1e570)`` -> ``0.5.0-dev-0c1e570``."""
     match = _VERSION.search(text)
-    return f"b{match.group(1)}-{match.group(2)}" if match else ""
+    if match:
+        return f"b{match.group(1)}-{match.group(2)}"
+    match = _SEMVER.search(text)
+    return f"{match.group(1)}-{match.group(2)}" if match else ""
 
 
 def cross_check(

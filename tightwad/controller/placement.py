@@ -1,0 +1,627 @@
+"""Layer placement: which layers of a model go on which device. A pure function of facts.
+
+Terms (llama.cpp's, which this module mirrors so the numbers it prints are the ones you get):
+
+- *coordinator*: the host that loads the model (llama-server or the agent's engine). Its
+  token embedding always stays in its RAM; its GPUs are local devices (``CUDA0``...); devices
+  of other hosts are reached through one ``ggml-rpc-server`` each, named ``RPC[host:port]``.
+- *CPU layers*: layers not offloaded (``-ngl`` < layers + 1). llama.cpp keeps the *first*
+  ``n_layer - ngl`` layers on the coordinator's CPU, and then the output head too.
+- *output unit*: with every layer offloaded (``-ngl = n_layer + 1``) the output head goes to
+  the last device of the ``--device`` list, counted as one more "layer" in ``--tensor-split``.
+
+Guarantees of :func:`plan_placement`:
+
+- every repeating layer is assigned exactly once, in contiguous ranges that follow the device
+  order (CPU layers first, then local GPUs, then RPC devices), and the output head once;
+- no device is given more than its free memory minus its margin (weights + KV share +
+  compute-buffer estimate); a model that does not fit gets ``fits=False`` and a reason that
+  shows the numbers, per device;
+- preferences, in order: fewer hosts; GPUs before the coordinator's CPU before remote CPUs;
+  faster backends (CUDA/ROCm/Metal, then Vulkan/SYCL) before slower; more free memory;
+  then ids, so the same facts always give the same plan;
+- pins are used (at least one layer each), exclusions never.
+
+``tensor_split`` values put each cumulative boundary half a layer inside its range, so
+llama.cpp's ``upper_bound`` over the normalised split reproduces exactly the ranges planned
+here (see :func:`layers_from_split`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from tightwad.agent.gguf_facts import ModelFacts
+from tightwad.agent.inventory.domain import Backend, DeviceInfo
+from tightwad.controller.ids import DeviceId, NodeId
+from tightwad.errors import InvalidRequestError
+
+__all__ = [
+    "KV_TYPE_FACTORS",
+    "Assignment",
+    "Candidate",
+    "Constraints",
+    "Placement",
+    "PlacementOptions",
+    "PlacementRequest",
+    "compute_buffer_bytes",
+    "format_bytes",
+    "kv_bytes",
+    "layers_from_split",
+    "plan_placement",
+]
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+# Bytes per element of each KV cache type relative to f16 (ggml block sizes: q8_0 is 34 bytes
+# per 32 values, f16 64).
+KV_TYPE_FACTORS: dict[str, float] = {
+    "f32": 2.0,
+    "f16": 1.0,
+    "bf16": 1.0,
+    "q8_0": 34 / 64,
+    "q5_1": 24 / 64,
+    "q5_0": 22 / 64,
+    "q4_1": 20 / 64,
+    "q4_0": 18 / 64,
+    "iq4_nl": 18 / 64,
+}
+
+CPU_NAME = "CPU"
+
+_BACKEND_RANK: dict[Backend, int] = {
+    Backend.CUDA: 0,
+    Backend.ROCM: 0,
+    Backend.METAL: 0,
+    Backend.VULKAN: 1,
+    Backend.SYCL: 1,
+    Backend.RPC: 2,
+    Backend.UNKNOWN: 2,
+    Backend.CPU: 3,
+}
+_GGML_PREFIX: dict[Backend, str] = {
+    Backend.CUDA: "CUDA",
+    Backend.ROCM: "ROCm",
+    Backend.METAL: "Metal",
+    Backend.VULKAN: "Vulkan",
+    Backend.SYCL: "SYCL",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A device placement may use: its node, its inventory entry, and where its rpc-server
+    would listen (``rpc_host:rpc_port``) when the node is not the coordinator."""
+
+    node_id: NodeId
+    device: DeviceInfo
+    rpc_host: str
+    rpc_port: int
+
+    @property
+    def device_id(self) -> DeviceId:
+        return DeviceId(self.device.id)
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.device.backend is Backend.CPU
+
+    def ggml_name(self, coordinator: NodeId) -> str:
+        """The name in llama.cpp's ``--device`` list, seen from ``coordinator``."""
+        if self.node_id != coordinator:
+            return f"RPC[{self.rpc_host}:{self.rpc_port}]"
+        if self.is_cpu:
+            return CPU_NAME
+        if self.device.ggml_name:
+            return self.device.ggml_name
+        prefix = _GGML_PREFIX.get(self.device.backend, self.device.backend.value.upper())
+        return prefix if self.device.backend is Backend.METAL else f"{prefix}{self.device.index}"
+
+
+@dataclass(frozen=True, slots=True)
+class Constraints:
+    pin_device_ids: frozenset[DeviceId] = frozenset()
+    exclude_device_ids: frozenset[DeviceId] = frozenset()
+    exclude_node_ids: frozenset[NodeId] = frozenset()
+    coordinator: NodeId | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementRequest:
+    model: str
+    ctx_size: int
+    kv_type: str = "f16"
+    constraints: Constraints = field(default_factory=Constraints)
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementOptions:
+    """Tunables. The margin of a device is ``max(margin_min_bytes, fraction * total)``."""
+
+    margin_fraction: float = 0.05
+    margin_min_bytes: int = 256 * MiB
+    ubatch: int = 512
+    flash_attn: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """What one device holds: layers ``[first_layer, first_layer + n_layers)`` and bytes."""
+
+    node_id: NodeId
+    device_id: DeviceId
+    ggml_device: str
+    first_layer: int
+    n_layers: int
+    weight_bytes: int
+    kv_bytes: int
+    compute_bytes: int
+    margin_bytes: int
+    free_bytes: int
+    holds_output: bool = False
+
+    @property
+    def expected_bytes(self) -> int:
+        """Weights + KV + compute buffer: what the device should show allocated."""
+        return self.weight_bytes + self.kv_bytes + self.compute_bytes
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.ggml_device == CPU_NAME
+
+    @property
+    def is_rpc(self) -> bool:
+        return self.ggml_device.startswith("RPC[")
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """A plan (``fits``) or a refusal (``reason`` shows the numbers)."""
+
+    model: str
+    coordinator: NodeId | None
+    assignments: tuple[Assignment, ...]
+    tensor_split: tuple[float, ...]
+    n_gpu_layers: int
+    fits: bool
+    reason: str = ""
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """llama.cpp's ``--device`` list (the CPU is not named there); aligns with
+        ``tensor_split``."""
+        return tuple(a.ggml_device for a in self.assignments if not a.is_cpu)
+
+    @property
+    def rpc_assignments(self) -> tuple[Assignment, ...]:
+        return tuple(a for a in self.assignments if a.is_rpc)
+
+    @property
+    def node_ids(self) -> tuple[NodeId, ...]:
+        seen: dict[NodeId, None] = {}
+        for a in self.assignments:
+            seen.setdefault(a.node_id, None)
+        return tuple(seen)
+
+
+# --- estimates ---------------------------------------------------------------------------
+
+
+def kv_bytes(facts: ModelFacts, ctx_size: int, kv_type: str) -> int:
+    """KV cache bytes for ``ctx_size`` tokens over all layers."""
+    return math.ceil(facts.kv_bytes_per_token * ctx_size * KV_TYPE_FACTORS[kv_type])
+
+
+def compute_buffer_bytes(
+    facts: ModelFacts, ctx_size: int, *, holds_output: bool, options: PlacementOptions
+) -> int:
+    """Peak scratch memory of llama.cpp's graph on one device (an estimate).
+
+    Hidden states and FFN intermediates for one micro-batch, plus the larger of the attention
+    scores (f32 ``ctx x ubatch x heads``, absent with flash attention) and, on the device with
+    the output head, the logits (f32 ``vocab x ubatch``).
+    """
+    ubatch = max(1, min(options.ubatch, ctx_size))
+    hidden = ubatch * facts.embedding_length * 4 * 8
+    scores = 0 if options.flash_attn else ubatch * ctx_size * max(1, facts.n_head) * 4
+    logits = ubatch * facts.n_vocab * 4 if holds_output else 0
+    return hidden + max(scores, logits)
+
+
+def format_bytes(n: int) -> str:
+    if abs(n) >= GiB:
+        return f"{n / GiB:.2f} GiB"
+    return f"{n / MiB:.1f} MiB"
+
+
+# --- the planner -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    cand: Candidate
+    name: str
+    capacity: int  # free - margin (may be negative)
+    margin: int
+    pinned: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Range:
+    slot: _Slot
+    first: int
+    count: int
+    output: bool
+
+
+class _Costs:
+    """Prefix sums of layer bytes and the per-layer KV share, for O(1) range costs."""
+
+    def __init__(self, facts: ModelFacts, req: PlacementRequest, options: PlacementOptions) -> None:
+        self.facts = facts
+        self.ctx = req.ctx_size
+        self.options = options
+        self.n_layers = len(facts.layer_bytes)
+        self.prefix = [0]
+        for b in facts.layer_bytes:
+            self.prefix.append(self.prefix[-1] + b)
+        total_kv = kv_bytes(facts, req.ctx_size, req.kv_type)
+        self.kv_per_layer = -(-total_kv // self.n_layers) if self.n_layers else 0
+        # g[j] = bytes of layers [0, j) with their KV share: monotone, so bisectable.
+        self.cumulative = [p + j * self.kv_per_layer for j, p in enumerate(self.prefix)]
+        self.compute_plain = compute_buffer_bytes(
+            facts, req.ctx_size, holds_output=False, options=options
+        )
+        self.compute_output = compute_buffer_bytes(
+            facts, req.ctx_size, holds_output=True, options=options
+        )
+
+    def max_layers(self, first: int, capacity: int) -> int:
+        """How many layers from ``first`` fit in ``capacity`` (no output head)."""
+        budget = capacity - self.compute_plain
+        if budget < 0:
+            return 0
+        last = bisect.bisect_right(self.cumulative, self.cumulative[first] + budget) - 1
+        return max(0, last - first)
+
+    def weights(self, first: int, count: int, output: bool) -> int:
+        w = self.prefix[first + count] - self.prefix[first]
+        return w + (self.facts.output_bytes if output else 0)
+
+    def kv(self, count: int) -> int:
+        return count * self.kv_per_layer
+
+    def compute(self, count: int, output: bool) -> int:
+        if output:
+            return self.compute_output
+        return self.compute_plain if count else 0
+
+    def need(self, first: int, count: int, output: bool) -> int:
+        return self.weights(first, count, output) + self.kv(count) + self.compute(count, output)
+
+
+def _margin(device: DeviceInfo, options: PlacementOptions) -> int:
+    return max(options.margin_min_bytes, int(options.margin_fraction * device.memory_total_bytes))
+
+
+def _speed_key(c: Candidate) -> tuple[int, int, str]:
+    return (_BACKEND_RANK.get(c.device.backend, 2), -c.device.memory_free_bytes, c.device.id)
+
+
+def _fill(
+    slots: Sequence[_Slot], first: int, end: int, output: bool, costs: _Costs
+) -> list[_Range] | None:
+    """Greedy: each slot in order takes as many of layers ``[first, end)`` as fit; the slot
+    that takes the last layer also takes the output head when ``output``. Pinned slots later
+    in the order keep one layer each in reserve."""
+    pos = first
+    out: list[_Range] = []
+    pinned_after = sum(1 for s in slots if s.pinned)
+    for slot in slots:
+        if slot.pinned:
+            pinned_after -= 1
+        room = end - pos - pinned_after
+        m = min(room, costs.max_layers(pos, slot.capacity)) if room > 0 else 0
+        takes_output = output and m > 0 and pos + m == end
+        if takes_output and costs.need(pos, m, True) > slot.capacity:
+            m -= 1
+            takes_output = False
+        if m <= 0:
+            if slot.pinned:
+                return None
+            continue
+        out.append(_Range(slot, pos, m, takes_output))
+        pos += m
+    if pos != end:
+        return None
+    return out
+
+
+def _slots(
+    cands: Iterable[Candidate], coord: NodeId, pins: frozenset[DeviceId], options: PlacementOptions
+) -> list[_Slot]:
+    slots = []
+    for c in cands:
+        margin = _margin(c.device, options)
+        slots.append(
+            _Slot(
+                c,
+                c.ggml_name(coord),
+                c.device.memory_free_bytes - margin,
+                margin,
+                c.device_id in pins,
+            )
+        )
+    return slots
+
+
+def plan_placement(
+    request: PlacementRequest,
+    facts: ModelFacts,
+    candidates: Sequence[Candidate],
+    options: PlacementOptions = PlacementOptions(),
+) -> Placement:
+    """Plan where ``facts``' layers go among ``candidates`` (see the module docstring)."""
+    if request.kv_type not in KV_TYPE_FACTORS:
+        known = ", ".join(sorted(KV_TYPE_FACTORS))
+        raise InvalidRequestError(f"unknown KV cache type {request.kv_type!r} (known: {known})")
+    if request.ctx_size <= 0:
+        raise InvalidRequestError(f"ctx_size must be positive, got {request.ctx_size}")
+    if facts.n_layers <= 0 or not facts.layer_bytes:
+        raise InvalidRequestError(f"model {request.model!r} reports no layers")
+    cons = request.constraints
+    costs = _Costs(facts, request, options)
+    all_nodes = sorted({c.node_id for c in candidates})
+    usable = [
+        c
+        for c in candidates
+        if c.node_id not in cons.exclude_node_ids and c.device_id not in cons.exclude_device_ids
+    ]
+
+    def refuse(reason: str) -> Placement:
+        return Placement(request.model, cons.coordinator, (), (), 0, False, reason)
+
+    usable_ids = {c.device_id for c in usable}
+    missing = sorted(p for p in cons.pin_device_ids if p not in usable_ids)
+    if missing:
+        return refuse(
+            f"pinned device(s) {', '.join(missing)} not available "
+            "(unknown, excluded, or their node is not ready)"
+        )
+    nodes = sorted({c.node_id for c in usable})
+    if cons.coordinator is not None:
+        if cons.coordinator in cons.exclude_node_ids:
+            return refuse(f"coordinator {cons.coordinator} is excluded")
+        if cons.coordinator not in all_nodes:
+            return refuse(f"coordinator {cons.coordinator} is not a ready node")
+        coordinators = [cons.coordinator]
+    else:
+        coordinators = sorted(nodes, key=lambda n: _host_rank(n, usable, options))
+    if not coordinators:
+        return refuse("no ready node with usable devices")
+    pinned_nodes = {c.node_id for c in usable if c.device_id in cons.pin_device_ids}
+    floor = costs.prefix[-1] + facts.output_bytes + costs.kv(costs.n_layers)
+    roomy = sum(max(0, c.device.memory_free_bytes - _margin(c.device, options)) for c in usable)
+    if roomy < floor:
+        return refuse(_refusal_reason(request, facts, usable, costs, options))
+    for k in range(1, len(set(nodes) | set(coordinators)) + 1):
+        for coord in coordinators:
+            hosts = _choose_hosts(coord, k, nodes, pinned_nodes, usable, options)
+            if hosts is None:
+                continue
+            for stage in range(3):
+                plan = _try(request, facts, candidates, usable, coord, hosts, stage, costs, options)
+                if plan is not None:
+                    return plan
+    return refuse(_refusal_reason(request, facts, usable, costs, options))
+
+
+def _host_rank(
+    node: NodeId, usable: Sequence[Candidate], options: PlacementOptions
+) -> tuple[int, int, str]:
+    """Hosts with more usable GPU memory (then more usable memory of any kind) first."""
+    gpu = sum(
+        max(0, c.device.memory_free_bytes - _margin(c.device, options))
+        for c in usable
+        if c.node_id == node and not c.is_cpu
+    )
+    anyd = sum(
+        max(0, c.device.memory_free_bytes - _margin(c.device, options))
+        for c in usable
+        if c.node_id == node
+    )
+    return (-gpu, -anyd, node)
+
+
+def _choose_hosts(
+    coord: NodeId,
+    k: int,
+    nodes: Sequence[NodeId],
+    pinned_nodes: set[NodeId],
+    usable: Sequence[Candidate],
+    options: PlacementOptions,
+) -> list[NodeId] | None:
+    """The coordinator, the hosts of pins, then the roomiest others: ``k`` hosts, ordered."""
+    required = [coord, *sorted(n for n in pinned_nodes if n != coord)]
+    if len(required) > k:
+        return None
+    others = sorted(
+        (n for n in nodes if n not in required), key=lambda n: _host_rank(n, usable, options)
+    )
+    chosen = required + others[: k - len(required)]
+    if len(chosen) < k:
+        return None
+    return [coord, *sorted(chosen[1:], key=lambda n: _host_rank(n, usable, options))]
+
+
+def _try(
+    request: PlacementRequest,
+    facts: ModelFacts,
+    all_candidates: Sequence[Candidate],
+    usable: Sequence[Candidate],
+    coord: NodeId,
+    hosts: Sequence[NodeId],
+    stage: int,
+    costs: _Costs,
+    options: PlacementOptions,
+) -> Placement | None:
+    """Stage 0: GPUs only; 1: plus the coordinator's CPU; 2: plus remote CPUs (rpc-servers)."""
+    pins = request.constraints.pin_device_ids
+    in_hosts = [c for c in usable if c.node_id in hosts]
+    local_cpu = next((c for c in in_hosts if c.node_id == coord and c.is_cpu), None)
+    pinned_local_cpu = local_cpu is not None and local_cpu.device_id in pins
+    use_local_cpu = stage >= 1 or pinned_local_cpu
+    if stage == 1 and local_cpu is None:
+        return None  # nothing new in this stage
+    remote_cpus = stage >= 2 or any(
+        c.is_cpu and c.node_id != coord and c.device_id in pins for c in in_hosts
+    )
+    gpus: list[Candidate] = []
+    for host in hosts:
+        on_host = sorted(
+            (c for c in in_hosts if c.node_id == host and not c.is_cpu), key=_speed_key
+        )
+        gpus.extend(on_host)
+    if remote_cpus:
+        for host in hosts[1:]:
+            gpus.extend(
+                c
+                for c in in_hosts
+                if c.node_id == host and c.is_cpu and (stage >= 2 or c.device_id in pins)
+            )
+    slots = _slots(gpus, coord, pins, options)
+    # The embedding always lives in the coordinator's RAM (its CPU device, excluded or not).
+    ram = next((c for c in all_candidates if c.node_id == coord and c.is_cpu), None)
+    ram_slot = _slots([ram], coord, pins, options)[0] if ram is not None else None
+    n = costs.n_layers
+    if not use_local_cpu or local_cpu is None:
+        ranges = _fill(slots, 0, n, True, costs)
+        if ranges is None:
+            return None
+        cpu_range: _Range | None = None
+    else:
+        ranges, cpu_range = None, None
+        for k in range(1, n + 1):
+            ranges = _fill(slots, k, n, False, costs)
+            if ranges is not None:
+                assert ram_slot is not None
+                cpu_range = _Range(ram_slot, 0, k, True)
+                break
+        if ranges is None or cpu_range is None:
+            return None
+    rows: list[Assignment] = []
+    if ram_slot is not None:
+        first, count, output = (
+            (cpu_range.first, cpu_range.count, cpu_range.output) if cpu_range else (0, 0, False)
+        )
+        weights = costs.weights(first, count, output) + facts.embedding_bytes + facts.other_bytes
+        need = weights + costs.kv(count) + costs.compute(count, output)
+        if need > ram_slot.capacity:
+            return None
+        rows.append(_row(ram_slot, first, count, output, weights, costs))
+    for r in ranges:
+        rows.append(
+            _row(
+                r.slot, r.first, r.count, r.output, costs.weights(r.first, r.count, r.output), costs
+            )
+        )
+    split, ngl = _split(ranges, n, cpu_range is not None)
+    return Placement(request.model, coord, tuple(rows), split, ngl, True)
+
+
+def _row(
+    slot: _Slot, first: int, count: int, output: bool, weights: int, costs: _Costs
+) -> Assignment:
+    return Assignment(
+        node_id=slot.cand.node_id,
+        device_id=slot.cand.device_id,
+        ggml_device=slot.name,
+        first_layer=first,
+        n_layers=count,
+        weight_bytes=weights,
+        kv_bytes=costs.kv(count),
+        compute_bytes=costs.compute(count, output),
+        margin_bytes=slot.margin,
+        free_bytes=slot.cand.device.memory_free_bytes,
+        holds_output=output,
+    )
+
+
+def _split(
+    ranges: Sequence[_Range], n_layers: int, cpu_used: bool
+) -> tuple[tuple[float, ...], int]:
+    if not ranges:
+        return (), 0
+    counts = [r.count for r in ranges]
+    if not cpu_used:
+        counts[-1] += 1  # the output head counts as one more layer
+    total = sum(counts)
+    ngl = n_layers + 1 if not cpu_used else total
+    cumulative, bounds = 0, []
+    for c in counts[:-1]:
+        cumulative += c
+        bounds.append((cumulative - 0.5) / total)
+    bounds.append(1.0)
+    split, prev = [], 0.0
+    for b in bounds:
+        split.append(round(b - prev, 6))
+        prev = b
+    return tuple(split), ngl
+
+
+def layers_from_split(
+    tensor_split: Sequence[float], n_layers: int, n_gpu_layers: int
+) -> list[int | None]:
+    """llama.cpp's own mapping: the device index (in ``--device`` order) of each layer
+    ``0..n_layers`` (the last entry is the output head); ``None`` = the CPU."""
+    total = sum(tensor_split)
+    cumulative, acc = [], 0.0
+    for f in tensor_split:
+        acc += f
+        cumulative.append(acc / total if total else 0.0)
+    gpu_start = max(n_layers - n_gpu_layers, 0)
+    act = min(n_gpu_layers, n_layers + 1) if tensor_split else 0
+    out: list[int | None] = []
+    for il in range(n_layers + 1):
+        if il < gpu_start or il - gpu_start >= act:
+            out.append(None)
+            continue
+        x = (il - gpu_start) / act
+        out.append(next((i for i, s in enumerate(cumulative) if s > x), len(cumulative) - 1))
+    return out
+
+
+def _refusal_reason(
+    request: PlacementRequest,
+    facts: ModelFacts,
+    usable: Sequence[Candidate],
+    costs: _Costs,
+    options: PlacementOptions,
+) -> str:
+    weights = sum(facts.layer_bytes) + facts.output_bytes + facts.embedding_bytes
+    kv = kv_bytes(facts, request.ctx_size, request.kv_type)
+    need = weights + kv + costs.compute_output
+    parts = [
+        f"{request.model} does not fit: needs about {format_bytes(need)} "
+        f"(weights {format_bytes(weights)}, KV {format_bytes(kv)} at ctx {request.ctx_size} "
+        f"{request.kv_type}, compute >= {format_bytes(costs.compute_output)}) plus a margin "
+        "per device"
+    ]
+    if not usable:
+        parts.append("no usable device")
+        return "; ".join(parts)
+    usable_total = sum(
+        max(0, c.device.memory_free_bytes - _margin(c.device, options)) for c in usable
+    )
+    parts.append(f"usable memory is {format_bytes(usable_total)} in all")
+    per_device = [
+        f"{c.node_id}/{c.device.id} ({c.device.name or c.device.backend.value}): free "
+        f"{format_bytes(c.device.memory_free_bytes)}, margin "
+        f"{format_bytes(_margin(c.device, options))}"
+        for c in sorted(usable, key=lambda c: (c.node_id, c.device.id))
+    ]
+    return "; ".join(parts) + " — " + "; ".join(per_device)

@@ -1,0 +1,555 @@
+"""The speculative loop: a route's :class:`~tightwad.gateway.types.Backend` over Engine sessions.
+
+One request = one target session (+ one draft session when a model drafts). Each round:
+
+1. the draft-length controller picks k from this request's measured goodput (0 = plain step);
+2. a proposer drafts up to k tokens: n-gram lookup, the request's predicted output, a draft
+   model (greedy: one-hot; sampled: with its sparse q), or hybrid (n-gram when it has a long
+   match, else the model);
+3. the target verifies them in one forward pass and answers accepted n + its next token;
+4. the accepted block goes through the :class:`~tightwad.spec.stops.OutputGuard` token by token
+   (EOG, max_tokens, stop strings), so nothing after a stop is emitted or counted.
+
+Every emitted token is one the target itself chose. A draft engine that fails or stalls is
+dropped for the rest of the request and decoding goes on (identical output); a target failure
+ends the request with :class:`~tightwad.errors.UnavailableError`.
+
+With ``pipeline``, while the target verifies round n the drafter already drafts round n+1
+assuming all of round n is accepted (its first token is its guess of the target's next token);
+a rejection discards that work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Awaitable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+from tightwad.errors import (
+    ConfigError,
+    ContextLengthError,
+    TightwadError,
+    UnavailableError,
+)
+from tightwad.gateway.engine_client import (
+    DraftProposal,
+    EngineClient,
+    RemoteEngineInfo,
+    RemoteSession,
+    Verified,
+)
+from tightwad.gateway.types import (
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    GenerationStats,
+    LogprobEntry,
+    RouteInfo,
+    TextDelta,
+    Usage,
+)
+from tightwad.logs import get_logger
+from tightwad.spec.draft_control import DraftControlConfig, DraftLengthController
+from tightwad.spec.proposers import NGramProposer, PredictionProposer
+from tightwad.spec.sampling import SamplingConfig, SparseDist
+from tightwad.spec.stops import OutputGuard
+
+__all__ = ["DraftMode", "RouteSpec", "SpecBackend"]
+
+log = get_logger("tightwad.gateway.loop")
+T = TypeVar("T")
+
+DraftMode = Literal["none", "ngram", "prediction", "hybrid", "model"]
+DRAFT_MODES: tuple[str, ...] = ("none", "ngram", "prediction", "hybrid", "model")
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """How one route (an OpenAI ``model`` name) is served."""
+
+    name: str
+    target: EngineClient
+    draft_mode: DraftMode = "ngram"
+    drafters: tuple[EngineClient, ...] = ()
+    max_draft_tokens: int = 16
+    pipeline: bool = False
+    hybrid_min_match: int = 3
+    ngram_max_n: int = 4
+    draft_timeout_s: float = 5.0
+    draft_min_confidence: float = 0.0
+    draft_top_m: int = 16
+    target_timeout_s: float = 120.0
+    drafter_cooldown_s: float = 30.0
+    control: DraftControlConfig = field(default_factory=DraftControlConfig)
+
+
+@dataclass
+class _Counters:
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    plain_steps: int = 0
+    draft_ms: float = 0.0
+    verify_ms: float = 0.0
+    draft_failures: int = 0
+    by_position: list[int] = field(default_factory=list)
+
+    def record_round(self, drafted: int, accepted: int) -> None:
+        if drafted == 0:
+            self.plain_steps += 1
+            return
+        self.rounds += 1
+        self.drafted += drafted
+        self.accepted += accepted
+        while len(self.by_position) < drafted:
+            self.by_position.append(0)
+        for i in range(accepted):
+            self.by_position[i] += 1
+
+
+@dataclass
+class _DrafterHealth:
+    client: EngineClient
+    failed_at: float | None = None
+    draft_ms_per_token: float | None = None
+
+
+class SpecBackend:
+    """A route served by a target engine with an optional drafting strategy."""
+
+    def __init__(self, spec: RouteSpec) -> None:
+        if spec.draft_mode not in DRAFT_MODES:
+            raise ConfigError(
+                f"routes.{spec.name}.draft", f"unknown draft mode {spec.draft_mode!r}"
+            )
+        if spec.draft_mode in ("model", "hybrid") and not spec.drafters:
+            raise ConfigError(
+                f"routes.{spec.name}.draft", f"draft mode {spec.draft_mode!r} needs a draft model"
+            )
+        self.spec = spec
+        self._info: RemoteEngineInfo | None = None
+        self._pieces: list[bytes] = []
+        self._drafters = [_DrafterHealth(c) for c in spec.drafters]
+        self._ready = False
+        self._error = ""
+
+    # -- start-up -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Read the target's facts and vocabulary; refuse drafters of another vocabulary."""
+        info = await self.spec.target.info()
+        if not info.can_verify and self.spec.draft_mode != "none":
+            raise ConfigError(
+                f"routes.{self.spec.name}.target",
+                f"engine {info.model} ({info.kind}) cannot verify drafts in one pass; "
+                "use draft: none for it",
+            )
+        pieces, _special, fingerprint = await self.spec.target.vocabulary()
+        for d in self._drafters:
+            dinfo = await d.client.info()
+            if dinfo.vocab_fingerprint != fingerprint:
+                raise ConfigError(
+                    f"routes.{self.spec.name}.draft_model",
+                    f"draft {dinfo.model} does not share the target's vocabulary "
+                    f"(fingerprint {dinfo.vocab_fingerprint[:12]} vs {fingerprint[:12]})",
+                )
+            if not dinfo.can_draft:
+                raise ConfigError(
+                    f"routes.{self.spec.name}.draft_model", f"engine {dinfo.model} cannot draft"
+                )
+        self._info = info
+        self._pieces = pieces
+        self._ready = True
+        log.info(
+            "route_ready",
+            route=self.spec.name,
+            target=info.model,
+            draft_mode=self.spec.draft_mode,
+            drafters=len(self._drafters),
+        )
+
+    def info(self) -> RouteInfo:
+        i = self._info
+        return RouteInfo(
+            name=self.spec.name,
+            target=i.model if i else self.spec.target.model,
+            draft_mode=self.spec.draft_mode,
+            draft=", ".join(d.client.model or d.client.address for d in self._drafters) or None,
+            ready=self._ready,
+            n_ctx=i.n_ctx if i else 0,
+            can_verify=i.can_verify if i else False,
+            details={
+                "target_address": self.spec.target.address,
+                "pipeline": self.spec.pipeline,
+                "max_draft_tokens": self.spec.max_draft_tokens,
+                "drafters": [
+                    {
+                        "address": d.client.address,
+                        "model": d.client.model,
+                        "healthy": d.failed_at is None,
+                        "draft_ms_per_token": d.draft_ms_per_token,
+                    }
+                    for d in self._drafters
+                ],
+                "error": self._error,
+            },
+        )
+
+    # -- one request --------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        if self._info is None:
+            raise UnavailableError(f"route {self.spec.name} is not ready")
+        run = _Run(self, request)
+        try:
+            async for event in run.events():
+                yield event
+        finally:
+            await run.cleanup()
+
+    def _pick_drafter(self) -> _DrafterHealth | None:
+        now = time.monotonic()
+        healthy = [
+            d
+            for d in self._drafters
+            if d.failed_at is None or now - d.failed_at > self.spec.drafter_cooldown_s
+        ]
+        if not healthy:
+            return None
+        return min(healthy, key=lambda d: d.draft_ms_per_token or 0.0)
+
+
+class _Run:
+    """The state of one request's loop."""
+
+    def __init__(self, backend: SpecBackend, request: GenerationRequest) -> None:
+        self.b = backend
+        self.spec = backend.spec
+        self.req = request
+        assert backend._info is not None
+        self.info = backend._info
+        self.target: RemoteSession | None = None
+        self.draft: RemoteSession | None = None
+        self.drafter: _DrafterHealth | None = None
+        self.c = _Counters()
+        self.prompt: list[int] = []
+        self.output: list[int] = []
+        self.mode: str = self.spec.draft_mode
+        self.ngram: NGramProposer | None = None
+        self.prediction: PredictionProposer | None = None
+        self.pre: asyncio.Task[DraftProposal] | None = None
+        # Leading tokens of the draft session known to equal prompt + output.
+        self.draft_valid = 0
+        # Whether this round's drafts are in the draft session (model or pipelined drafts).
+        self.from_model = False
+        self.prefill_ms = 0.0
+        self.cached = 0
+        self.done = False
+
+    async def _prompt_tokens(self) -> list[int]:
+        r, t = self.req, self.spec.target
+        if r.prompt_tokens is not None:
+            return list(r.prompt_tokens)
+        if r.messages is not None:
+            return await t.render_chat([(m.role, m.content, m.name) for m in r.messages])
+        return await t.tokenize(r.prompt or "", add_special=True, parse_special=True)
+
+    async def events(self) -> AsyncGenerator[GenerationEvent, None]:
+        r = self.req
+        self.prompt = await self._target_call(self._prompt_tokens())
+        n_ctx = self.info.n_ctx
+        if len(self.prompt) >= n_ctx:
+            raise ContextLengthError(
+                f"the prompt is {len(self.prompt)} tokens; model {self.spec.name} has a context "
+                f"of {n_ctx} tokens",
+                param="messages" if r.messages is not None else "prompt",
+            )
+        budget = n_ctx - len(self.prompt)
+        max_tokens = min(r.max_tokens, budget) if r.max_tokens is not None else budget
+        guard = OutputGuard(
+            self.b._pieces,
+            stop_strings=r.stop,
+            eog_token_ids=self.info.eog_token_ids,
+            max_tokens=max_tokens,
+        )
+        self.target = self.spec.target.session(timeout_s=self.spec.target_timeout_s)
+        opened = await self._target_call(
+            self.target.open(
+                self.prompt,
+                r.sampling,
+                seed=r.seed,
+                top_logprobs=r.top_logprobs,
+                logprobs=r.logprobs,
+            )
+        )
+        self.prefill_ms, self.cached = opened.prefill_ms, opened.cached_tokens
+        await self._setup_drafting()
+        if r.echo:
+            echo = b"".join(self.b._pieces[t] for t in self.prompt).decode("utf-8", "replace")
+            yield TextDelta(text=echo)
+        control = DraftLengthController(self.spec.control)
+        drafts: list[int] = []
+        q: list[SparseDist] | None = None
+        while not guard.finished:
+            room = n_ctx - len(self.prompt) - len(self.output)
+            if room <= 0:
+                break
+            t0 = time.perf_counter()
+            k = min(control.next_k(), self.spec.max_draft_tokens, room - 1)
+            if not drafts:
+                self.from_model = False
+                if k > 0:
+                    drafts, q = await self._propose(k)
+            drafts, q = drafts[: max(0, room - 1)], (q[: max(0, room - 1)] if q else None)
+            t_draft = time.perf_counter() - t0
+            self._start_pipeline(drafts)
+            res = await self._target_call(self.target.verify(drafts, q))
+            elapsed = time.perf_counter() - t0
+            self.c.draft_ms += t_draft * 1000.0
+            self.c.verify_ms += res.verify_ms
+            self.c.record_round(len(drafts), res.accepted)
+            if drafts:
+                control.record(k, len(drafts), res.accepted, elapsed, t_draft)
+            else:
+                control.record_plain(elapsed)
+            block = [*drafts[: res.accepted], res.next_token]
+            before = len(self.output)
+            self.output.extend(block)
+            if self.ngram is not None:
+                self.ngram.extend(block)
+            out = guard.push_block(block)
+            if out.text or out.kept:
+                yield TextDelta(
+                    text=out.text,
+                    token_ids=tuple(block[: out.kept]),
+                    logprobs=self._logprobs(res, out.kept),
+                )
+            if guard.finished:
+                break
+            drafts, q = await self._after_round(drafts, res, before)
+        tail = guard.finish()
+        if tail:
+            yield TextDelta(text=tail)
+        self.done = True
+        yield Finished(
+            finish_reason=guard.finish_reason or "length",
+            usage=Usage(prompt_tokens=len(self.prompt), completion_tokens=guard.count),
+            stats=self._stats(),
+        )
+
+    async def _target_call(self, coro: Awaitable[T]) -> T:
+        """Await a target call; any failure becomes a clear UnavailableError (or passes on a
+        request error such as a context overflow)."""
+        try:
+            return await coro
+        except (ContextLengthError, ConfigError):
+            raise
+        except TightwadError as exc:
+            if exc.http_status < 500 and exc.http_status != 429:
+                raise
+            raise UnavailableError(
+                f"target model of route {self.spec.name} failed: {exc.message}"
+            ) from exc
+
+    # -- drafting -----------------------------------------------------------------------
+
+    async def _setup_drafting(self) -> None:
+        mode = self.spec.draft_mode
+        if self.req.prediction and mode != "none":
+            toks = await self.spec.target.tokenize(
+                self.req.prediction, add_special=False, parse_special=False
+            )
+            self.prediction = PredictionProposer(toks)
+        if mode in ("ngram", "hybrid"):
+            self.ngram = NGramProposer(max_n=self.spec.ngram_max_n)
+            self.ngram.extend(self.prompt)
+        if mode in ("model", "hybrid"):
+            await self._open_drafter()
+        self.mode = mode
+
+    async def _open_drafter(self) -> None:
+        d = self.b._pick_drafter()
+        if d is None:
+            self.c.draft_failures += 1
+            return
+        self.drafter = d
+        sess = d.client.session(timeout_s=self.spec.target_timeout_s)
+        # A seeded request drafts greedily (one-hot drafts, sample-and-match): the target then
+        # draws one uniform per emitted token, exactly as plain decoding does, so the output is
+        # the same with or without speculation. Unseeded sampled requests draft by sampling
+        # and are verified by rejection sampling (higher acceptance, same distribution).
+        seeded = self.req.seed is not None
+        sampling = SamplingConfig() if seeded else self.req.sampling
+        try:
+            await asyncio.wait_for(sess.open(self.prompt, sampling), self.spec.draft_timeout_s)
+        except (TightwadError, TimeoutError) as exc:
+            sess.abort()
+            self._drafter_failed(exc)
+            return
+        self.draft = sess
+        self.draft_valid = len(self.prompt)
+
+    def _drafter_failed(self, exc: BaseException) -> None:
+        self.c.draft_failures += 1
+        if self.drafter is not None:
+            self.drafter.failed_at = time.monotonic()
+            log.warning(
+                "drafter_dropped",
+                route=self.spec.name,
+                drafter=self.drafter.client.address,
+                reason=str(exc) or type(exc).__name__,
+            )
+        if self.draft is not None:
+            self.draft.abort()
+        self.draft = None
+        self._cancel_pipeline()
+
+    async def _propose(self, k: int) -> tuple[list[int], list[SparseDist] | None]:
+        if self.prediction is not None:
+            got = self.prediction.propose(self.output, k)
+            if got:
+                return got, None
+        if self.ngram is not None:
+            match = self.ngram.lookup(None, k)
+            long_enough = self.spec.draft_mode == "ngram" or (
+                match.match_length >= self.spec.hybrid_min_match
+            )
+            if match.tokens and long_enough:
+                return list(match.tokens), None
+        if self.draft is not None:
+            committed = [*self.prompt, *self.output]
+            keep = self.draft_valid
+            drafts, q = await self._model_draft(k, keep=keep, append=committed[keep:])
+            self.from_model = bool(drafts)
+            return drafts, q
+        return [], None
+
+    async def _model_draft(
+        self, k: int, *, keep: int, append: Sequence[int] = ()
+    ) -> tuple[list[int], list[SparseDist] | None]:
+        assert self.draft is not None
+        t0 = time.perf_counter()
+        try:
+            prop = await asyncio.wait_for(
+                self.draft.draft(
+                    k,
+                    keep=keep,
+                    append=append,
+                    min_confidence=self.spec.draft_min_confidence,
+                    top_m=self.spec.draft_top_m,
+                ),
+                self.spec.draft_timeout_s,
+            )
+        except (TightwadError, TimeoutError) as exc:
+            self._drafter_failed(exc)
+            return [], None
+        self.draft_valid = keep + len(append)
+        if prop.tokens and self.drafter is not None:
+            per = (time.perf_counter() - t0) * 1000.0 / len(prop.tokens)
+            prev = self.drafter.draft_ms_per_token
+            self.drafter.draft_ms_per_token = per if prev is None else 0.8 * prev + 0.2 * per
+        return list(prop.tokens), list(prop.q) if prop.q is not None else None
+
+    def _start_pipeline(self, drafts: list[int]) -> None:
+        """Draft round n+1 while round n verifies, assuming round n is accepted whole."""
+        if not (self.spec.pipeline and self.draft is not None and drafts and self.from_model):
+            return
+        keep = len(self.prompt) + len(self.output) + len(drafts)
+        k = max(1, min(self.spec.max_draft_tokens, len(drafts)) + 1)
+        draft = self.draft
+        self.pre = asyncio.create_task(
+            draft.draft(
+                k,
+                keep=keep,
+                min_confidence=self.spec.draft_min_confidence,
+                top_m=self.spec.draft_top_m,
+            )
+        )
+
+    def _cancel_pipeline(self) -> None:
+        if self.pre is not None:
+            self.pre.cancel()
+            self.pre = None
+
+    async def _after_round(
+        self, drafts: list[int], res: Verified, before: int
+    ) -> tuple[list[int], list[SparseDist] | None]:
+        """Track what of the draft session still matches the committed sequence; return the
+        pipelined drafts for the next round when its guess of the target's token held."""
+        base = len(self.prompt) + before
+        if self.from_model:
+            self.draft_valid = base + res.accepted
+        if self.pre is None:
+            return [], None
+        pre, self.pre = self.pre, None
+        try:
+            prop = await asyncio.wait_for(pre, self.spec.draft_timeout_s)
+        except (TightwadError, TimeoutError) as exc:
+            self._drafter_failed(exc)
+            return [], None
+        if (
+            res.accepted == len(drafts)
+            and len(prop.tokens) > 1
+            and prop.tokens[0] == res.next_token
+        ):
+            self.draft_valid = base + len(drafts) + 1
+            q = list(prop.q[1:]) if prop.q is not None else None
+            self.from_model = True
+            return list(prop.tokens[1:]), q
+        return [], None
+
+    # -- results ------------------------------------------------------------------------
+
+    def _logprobs(self, res: Verified, kept: int) -> tuple[LogprobEntry, ...]:
+        if not (self.req.logprobs or self.req.top_logprobs) or not res.logprobs:
+            return ()
+        pieces = self.b._pieces
+        out = []
+        for lp in res.logprobs[:kept]:
+            raw = pieces[lp.token_id]
+            out.append(
+                LogprobEntry(
+                    token=raw.decode("utf-8", "replace"),
+                    token_bytes=raw,
+                    logprob=lp.logprob,
+                    top=tuple(
+                        (
+                            pieces[t.token_id].decode("utf-8", "replace"),
+                            pieces[t.token_id],
+                            t.logprob,
+                        )
+                        for t in lp.top
+                    ),
+                )
+            )
+        return tuple(out)
+
+    def _stats(self) -> GenerationStats:
+        c = self.c
+        return GenerationStats(
+            mode=self.mode,
+            rounds=c.rounds,
+            drafted=c.drafted,
+            accepted=c.accepted,
+            plain_steps=c.plain_steps,
+            draft_ms=c.draft_ms,
+            verify_ms=c.verify_ms,
+            prefill_ms=self.prefill_ms,
+            cached_prompt_tokens=self.cached,
+            draft_failures=c.draft_failures,
+            accepted_by_position=tuple(c.by_position),
+        )
+
+    async def cleanup(self) -> None:
+        self._cancel_pipeline()
+        for sess in (self.draft, self.target):
+            if sess is None:
+                continue
+            if self.done:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(sess.close(), 2.0)
+            else:
+                sess.abort()
