@@ -62,6 +62,10 @@ class LlamaLoadParams:
     n_seq_max: int = 8
     n_batch: int = 512
     tensor_split: tuple[float, ...] = ()
+    # Devices in order, as ggml names them ("CUDA0", "Vulkan1") or "RPC[host:port]" for a
+    # ggml-rpc-server; empty = llama.cpp's default devices. The CPU is implicit: layers beyond
+    # n_gpu_layers stay on it.
+    devices: tuple[str, ...] = ()
 
 
 def _check_gguf(path: Path) -> None:
@@ -98,6 +102,52 @@ else:  # pragma: no cover
     _silent_log = None
 
 
+_ggml_libs: dict[str, ctypes.CDLL] = {}
+
+
+def _ggml(name: str) -> ctypes.CDLL:
+    """One of the ggml shared libraries shipped inside llama-cpp-python's wheel."""
+    if name not in _ggml_libs:
+        lib_dir = Path(_lib().__file__).parent / "lib"  # type: ignore[attr-defined]
+        _ggml_libs[name] = ctypes.CDLL(str(lib_dir / f"lib{name}.so"))
+    return _ggml_libs[name]
+
+
+def _device_array(names: Sequence[str]) -> ctypes.Array[ctypes.c_void_p]:
+    """A NULL-terminated ``ggml_backend_dev_t[]`` for the model params' ``devices``.
+
+    RPC endpoints are added with ``ggml_backend_rpc_add_server`` but not registered globally, so
+    a later model loaded without an explicit list never picks them up by accident. Callers must
+    probe endpoints first: llama.cpp aborts the process when an endpoint does not answer.
+    """
+    base = _ggml("ggml-base")
+    base.ggml_backend_reg_dev_count.restype = ctypes.c_size_t
+    base.ggml_backend_reg_dev_count.argtypes = [ctypes.c_void_p]
+    base.ggml_backend_reg_dev_get.restype = ctypes.c_void_p
+    base.ggml_backend_reg_dev_get.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    ggml = _ggml("ggml")
+    ggml.ggml_backend_dev_by_name.restype = ctypes.c_void_p
+    ggml.ggml_backend_dev_by_name.argtypes = [ctypes.c_char_p]
+    found: list[int] = []
+    for name in names:
+        if name.startswith("RPC[") and name.endswith("]"):
+            rpc = _ggml("ggml-rpc")
+            rpc.ggml_backend_rpc_add_server.restype = ctypes.c_void_p
+            rpc.ggml_backend_rpc_add_server.argtypes = [ctypes.c_char_p]
+            reg = rpc.ggml_backend_rpc_add_server(name[4:-1].encode())
+            if not reg:
+                raise ModelLoadError(f"the RPC server {name[4:-1]} reports no devices")
+            for i in range(base.ggml_backend_reg_dev_count(reg)):
+                found.append(base.ggml_backend_reg_dev_get(reg, i))
+        else:
+            dev = ggml.ggml_backend_dev_by_name(name.encode())
+            if not dev:
+                raise ModelLoadError(f"ggml has no device named {name!r} on this host")
+            found.append(dev)
+    arr = (ctypes.c_void_p * (len(found) + 1))(*found, None)
+    return arr
+
+
 class LlamaModel:
     """One loaded model and its context. Close with :meth:`close`."""
 
@@ -110,6 +160,9 @@ class LlamaModel:
         self.params = params
         mparams = ll.llama_model_default_params()  # type: ignore[attr-defined]
         mparams.n_gpu_layers = params.n_gpu_layers
+        if params.devices:
+            self._devices_keepalive = _device_array(params.devices)
+            mparams.devices = ctypes.cast(self._devices_keepalive, ctypes.c_void_p)
         if params.tensor_split:
             arr = (ctypes.c_float * len(params.tensor_split))(*params.tensor_split)
             self._split_keepalive = arr

@@ -31,6 +31,7 @@ from tightwad.agent.engine.template import ChatTemplate, Message
 from tightwad.errors import (
     ContextLengthError,
     InvalidRequestError,
+    ModelLoadError,
     OverloadedError,
     UnavailableError,
 )
@@ -67,6 +68,8 @@ class EngineConfig:
     flash_attn: bool = True  # batched verify is then bit-identical to one-token decoding
     batch_size: int = 512
     tensor_split: tuple[float, ...] = ()
+    # ggml device names or "RPC[host:port]" (a ggml-rpc-server), in order; see _llama.py.
+    devices: tuple[str, ...] = ()
     min_prefix_reuse: int = 8
     # Prompts are prefilled in chunks aligned to multiples of this many positions, and a cached
     # prefix is reused only up to such a boundary: with flash attention the KV cache, and so
@@ -146,6 +149,37 @@ def _softmax_prob_of(logits: NDArray[np.float32], token: int) -> float:
     return float(math.exp(float(logits[token]) - m) / float(np.exp(logits - m).sum()))
 
 
+# The ggml RPC protocol major version of the pinned llama.cpp (ggml-rpc.h); servers of another
+# major version cannot serve this engine.
+RPC_PROTOCOL_MAJOR = 7
+
+
+async def _probe_rpc_devices(devices: Sequence[str]) -> None:
+    """Check every RPC endpoint answers HELLO with our protocol version before llama.cpp
+    connects (it aborts the whole process on an unreachable endpoint)."""
+    from tightwad.agent.processes.probes import ProbeError, rpc_hello
+
+    for name in devices:
+        if not (name.startswith("RPC[") and name.endswith("]")):
+            continue
+        endpoint = name[4:-1]
+        host, _, port = endpoint.rpartition(":")
+        if not host or not port.isdigit():
+            raise ModelLoadError(f"bad RPC endpoint {endpoint!r}: expected host:port")
+        try:
+            version = await rpc_hello(host, int(port), timeout_s=5.0)
+        except ProbeError as exc:
+            raise ModelLoadError(
+                f"RPC endpoint {endpoint} is unreachable or not a ggml-rpc-server ({exc})"
+            ) from exc
+        major = int(version.split(".")[0])
+        if major != RPC_PROTOCOL_MAJOR:
+            raise ModelLoadError(
+                f"RPC endpoint {endpoint} speaks protocol {version}; this engine needs "
+                f"{RPC_PROTOCOL_MAJOR}.x (build both from the same llama.cpp version)"
+            )
+
+
 class Engine:
     """One loaded model. ``await Engine.load(cfg)``; sessions via :meth:`open_session`."""
 
@@ -191,7 +225,9 @@ class Engine:
             n_seq_max=n_slots,
             n_batch=cfg.batch_size,
             tensor_split=cfg.tensor_split,
+            devices=cfg.devices,
         )
+        await _probe_rpc_devices(cfg.devices)
         loop = asyncio.get_running_loop()
         try:
             model = await loop.run_in_executor(executor, lambda: LlamaModel(params, progress))
@@ -246,9 +282,26 @@ class Engine:
             n_threads=m.n_threads,
             path=str(self.cfg.path),
             engine_version=llama_version(),
-            devices=(("CPU", m.n_layer),) if self.cfg.gpu_layers == 0 else (("GPU", m.n_layer),),
+            devices=self._placement(),
             has_chat_template=self._template is not None,
         )
+
+    def _placement(self) -> tuple[tuple[str, int], ...]:
+        """Layers per device, as llama.cpp assigns them: the first n_layer - n_gpu_layers on
+        the CPU, the rest split over ``devices`` by ``tensor_split`` (even when empty)."""
+        n = self._m.n_layer
+        gpu = n if self.cfg.gpu_layers < 0 else min(self.cfg.gpu_layers, n)
+        devices = list(self.cfg.devices) or (["GPU"] if gpu else [])
+        out: list[tuple[str, int]] = [("CPU", n - gpu)] if n - gpu else []
+        if gpu and devices:
+            split = list(self.cfg.tensor_split) or [1.0] * len(devices)
+            total = sum(split[: len(devices)]) or 1.0
+            bounds = [round(gpu * sum(split[: i + 1]) / total) for i in range(len(devices))]
+            prev = 0
+            for name, b in zip(devices, bounds, strict=False):
+                out.append((name, b - prev))
+                prev = b
+        return tuple(out)
 
     async def vocab_fingerprint(self) -> str:
         if self._fingerprint is None:
