@@ -27,7 +27,7 @@ def _start(*args: str) -> tuple[subprocess.Popen[str], str, list[str]]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "TIGHTWAD_API_KEY": ""},
+        env={k: v for k, v in os.environ.items() if k != "TIGHTWAD_API_KEY"},
     )
     lines: list[str] = []
     deadline = time.monotonic() + 120

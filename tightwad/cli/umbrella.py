@@ -16,6 +16,7 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
+    from tightwad.cli.seed import add_seed_commands
     from tightwad.cli.up import add_up_arguments
 
     p = argparse.ArgumentParser(
@@ -33,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "file", nargs="?", help="default: -c, $TIGHTWAD_CONFIG, configs/cluster.yaml"
     )
+    add_seed_commands(sub)
     return p
 
 
@@ -47,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         from tightwad.config import check_main
 
         return check_main([args.file] if args.file else [])
+    from tightwad.cli.seed import SEED_COMMANDS, run_seed
+
+    if args.command in SEED_COMMANDS:
+        return run_seed(args)
     return 2
 
 

@@ -62,7 +62,7 @@ def add_up_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-sessions", type=int, default=8, help="concurrent requests per model")
     p.add_argument("--max-draft-tokens", type=int, default=16)
     p.add_argument("--pipeline", action="store_true", help="draft round n+1 during verify n")
-    p.add_argument("--api-key", default=os.environ.get("TIGHTWAD_API_KEY"))
+    p.add_argument("--api-key", default=os.environ.get("TIGHTWAD_API_KEY") or None)
     p.add_argument("-c", "--config", help="cluster YAML (gateway settings are taken from it)")
 
 

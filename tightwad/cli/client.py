@@ -1,0 +1,379 @@
+"""The CLI's client of the controller (and of an agent's logs): the only CLI module on the wire.
+
+:class:`ControllerClient` wraps the generated stub. Every unary call has a deadline; streams
+that follow (events, logs) run until the caller stops reading. Failures surface as
+:mod:`tightwad.errors` types, two of them specific to a person at a terminal:
+
+- :class:`ControllerUnreachable` — no connection could be made (refused, unknown host, or no
+  answer before the deadline). Raised before the first call, so a controller that answers
+  ``UNAVAILABLE`` about something else is never mistaken for a missing one.
+- :class:`TokenRefused` — the service (controller or agent) answered ``UNAUTHENTICATED``.
+
+Replies are converted to the controller's domain values (``NodeRecord``, ``Deployment``,
+``Placement``, ``Event``); requests are built with :mod:`tightwad.controller.convert`, whose
+``*_to_proto`` direction this module reuses. ``controller.convert`` has no ``*_from_proto``
+for nodes, deployments, placements and events, so that direction lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import grpc
+
+from tightwad.agent.convert import device_from_proto, host_from_proto, model_facts_from_proto
+from tightwad.agent.processes.domain import LogLine
+from tightwad.controller.convert import (
+    engine_from_proto,
+    process_from_proto,
+    spec_from_proto,
+    spec_to_proto,
+)
+from tightwad.controller.domain import (
+    Deployment,
+    DeploymentSpec,
+    DeploymentState,
+    Event,
+    EventLevel,
+    NodeRecord,
+    NodeState,
+    RouteInfo,
+)
+from tightwad.controller.ids import DeploymentId, DeviceId, NodeId
+from tightwad.controller.placement import Assignment, Placement
+from tightwad.errors import AuthenticationError, NotFoundError, UnavailableError
+from tightwad.rpc import client_channel, translate_rpc_error
+from tightwad.v1 import agent_pb2, agent_pb2_grpc, controller_pb2, controller_pb2_grpc
+
+__all__ = [
+    "ClusterStatus",
+    "ControllerClient",
+    "ControllerUnreachable",
+    "NodeStatus",
+    "TokenRefused",
+]
+
+T = TypeVar("T")
+E = TypeVar("E", bound=enum.Enum)
+
+
+class ControllerUnreachable(UnavailableError):
+    """No connection to the controller at ``address``."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"cannot reach the controller at {address}: {reason}")
+        self.address = address
+
+
+class TokenRefused(AuthenticationError):
+    """``service`` ("the controller", "the agent of node a at ...") refused our token."""
+
+    def __init__(self, service: str, details: str) -> None:
+        super().__init__(f"{service} refused the token: {details}")
+        self.service = service
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """A node as the controller reports it: the record and its liveness state."""
+
+    record: NodeRecord
+    state: NodeState
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatus:
+    nodes: tuple[NodeStatus, ...]
+    deployments: tuple[Deployment, ...]
+    controller_version: str
+    uptime_s: float
+
+
+class ChannelFactory(Protocol):
+    def __call__(self, address: str, *, token: str | None = None) -> grpc.aio.Channel: ...
+
+
+# --- proto -> domain ----------------------------------------------------------------------
+
+
+def _by_number(enum_name: str, prefix: str, kind: type[E]) -> dict[int, E]:
+    """Wire number -> domain enum, matched by name (``NODE_STATE_READY`` -> ``ready``)."""
+    values = controller_pb2.DESCRIPTOR.enum_types_by_name[enum_name].values
+    names = {v.number: v.name.removeprefix(prefix).lower() for v in values}
+    return {n: kind(name) for n, name in names.items() if name in kind._value2member_map_}
+
+
+_NODE_STATES = _by_number("NodeState", "NODE_STATE_", NodeState)
+_DEPLOYMENT_STATES = _by_number("DeploymentState", "DEPLOYMENT_STATE_", DeploymentState)
+_EVENT_LEVELS = _by_number("EventLevel", "EVENT_LEVEL_", EventLevel)
+
+
+def node_from_proto(msg: controller_pb2.Node) -> NodeStatus:
+    inv = msg.inventory
+    state = _NODE_STATES.get(msg.state, NodeState.NOT_READY)
+    record = NodeRecord(
+        node_id=NodeId(msg.node_id),
+        address=msg.address,
+        host=host_from_proto(inv.host),
+        devices=tuple(device_from_proto(d) for d in inv.devices),
+        models=tuple(model_facts_from_proto(m) for m in msg.models),
+        processes=tuple(process_from_proto(p) for p in inv.processes),
+        engines=tuple(engine_from_proto(e) for e in inv.engines),
+        last_seen=msg.last_seen,
+        connected=state is not NodeState.UNREACHABLE,
+        draining=state is NodeState.DRAINING,
+        message=msg.message,
+    )
+    return NodeStatus(record, state)
+
+
+def _assignment_from_proto(msg: controller_pb2.DeviceAssignment) -> Assignment:
+    return Assignment(
+        node_id=NodeId(msg.node_id),
+        device_id=DeviceId(msg.device_id),
+        ggml_device=msg.ggml_device,
+        first_layer=msg.first_layer,
+        n_layers=msg.n_layers,
+        weight_bytes=msg.weight_bytes,
+        kv_bytes=msg.kv_bytes,
+        compute_bytes=msg.compute_bytes,
+        margin_bytes=msg.margin_bytes,
+        free_bytes=msg.free_bytes,
+    )
+
+
+def placement_from_proto(msg: controller_pb2.Placement) -> Placement:
+    return Placement(
+        model=msg.model,
+        coordinator=NodeId(msg.coordinator_node_id) if msg.coordinator_node_id else None,
+        assignments=tuple(_assignment_from_proto(a) for a in msg.devices),
+        tensor_split=tuple(round(x, 6) for x in msg.tensor_split),
+        n_gpu_layers=msg.n_gpu_layers,
+        fits=msg.fits,
+        reason=msg.reason,
+    )
+
+
+def _route_from_proto(msg: controller_pb2.Route) -> RouteInfo:
+    return RouteInfo(
+        model=msg.model,
+        engine_address=msg.engine_address,
+        http_url=msg.http_url,
+        can_verify=msg.can_verify,
+    )
+
+
+def deployment_from_proto(msg: controller_pb2.Deployment) -> Deployment:
+    return Deployment(
+        deployment_id=DeploymentId(msg.deployment_id),
+        spec=spec_from_proto(msg.request, msg.request.ctx_size),
+        placement=placement_from_proto(msg.placement) if msg.HasField("placement") else None,
+        state=_DEPLOYMENT_STATES.get(msg.state, DeploymentState.PENDING),
+        message=msg.message,
+        route=_route_from_proto(msg.route) if msg.HasField("route") else None,
+        updated=msg.updated,
+    )
+
+
+def event_from_proto(msg: controller_pb2.Event) -> Event:
+    return Event(
+        event_id=msg.event_id,
+        time=msg.time,
+        level=_EVENT_LEVELS.get(msg.level, EventLevel.INFO),
+        kind=msg.kind,
+        message=msg.message,
+        node_id=msg.node_id,
+        deployment_id=msg.deployment_id,
+        fields=dict(msg.fields),
+    )
+
+
+# --- the client ---------------------------------------------------------------------------
+
+
+class ControllerClient:
+    """Async client of ControllerService; ``async with`` closes its channels.
+
+    ``timeout`` (seconds) bounds connecting and every unary call.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        timeout: float = 10.0,
+        channel_factory: ChannelFactory = client_channel,
+    ) -> None:
+        self.address = address
+        self._token = token
+        self._timeout = timeout
+        self._factory = channel_factory
+        self._channel = channel_factory(address, token=token)
+        self._stub = controller_pb2_grpc.ControllerServiceStub(self._channel)
+        self._connected = False
+
+    async def __aenter__(self) -> ControllerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Wait until the channel is READY; ControllerUnreachable on failure or deadline."""
+        if self._connected:
+            return
+        await _wait_ready(self._channel, self._timeout, self.address)
+        self._connected = True
+
+    async def _unary(self, what: str, call: Callable[[float], Awaitable[T]]) -> T:
+        await self.connect()
+        try:
+            return await call(self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, "the controller", f"controller {what}") from exc
+
+    async def _stream(
+        self, what: str, service: str, call: grpc.aio.UnaryStreamCall
+    ) -> AsyncIterator[object]:
+        try:
+            async for item in call:
+                yield item
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, service, what) from exc
+        finally:
+            call.cancel()
+
+    # --- reads -----------------------------------------------------------------------------
+
+    async def status(self) -> ClusterStatus:
+        r = await self._unary(
+            "GetStatus",
+            lambda t: self._stub.GetStatus(controller_pb2.GetStatusRequest(), timeout=t),
+        )
+        return ClusterStatus(
+            nodes=tuple(node_from_proto(n) for n in r.nodes),
+            deployments=tuple(deployment_from_proto(d) for d in r.deployments),
+            controller_version=r.controller_version,
+            uptime_s=r.uptime_s,
+        )
+
+    async def nodes(self) -> list[NodeStatus]:
+        r = await self._unary(
+            "ListNodes",
+            lambda t: self._stub.ListNodes(controller_pb2.ListNodesRequest(), timeout=t),
+        )
+        return [node_from_proto(n) for n in r.nodes]
+
+    async def deployments(self) -> list[Deployment]:
+        req = controller_pb2.ListDeploymentsRequest()
+        r = await self._unary(
+            "ListDeployments", lambda t: self._stub.ListDeployments(req, timeout=t)
+        )
+        return [deployment_from_proto(d) for d in r.deployments]
+
+    async def plan(self, spec: DeploymentSpec) -> Placement:
+        req = controller_pb2.PlanPlacementRequest(request=spec_to_proto(spec))
+        r = await self._unary("PlanPlacement", lambda t: self._stub.PlanPlacement(req, timeout=t))
+        return placement_from_proto(r.placement)
+
+    # --- changes ---------------------------------------------------------------------------
+
+    async def deploy(self, spec: DeploymentSpec) -> Deployment:
+        req = controller_pb2.DeployRequest(request=spec_to_proto(spec))
+        r = await self._unary("Deploy", lambda t: self._stub.Deploy(req, timeout=t))
+        return deployment_from_proto(r.deployment)
+
+    async def swap(self, deployment_id: str, spec: DeploymentSpec) -> Deployment:
+        req = controller_pb2.SwapRequest(deployment_id=deployment_id, request=spec_to_proto(spec))
+        r = await self._unary("Swap", lambda t: self._stub.Swap(req, timeout=t))
+        return deployment_from_proto(r.deployment)
+
+    async def stop(self, deployment_id: str) -> Deployment:
+        req = controller_pb2.StopDeploymentRequest(deployment_id=deployment_id)
+        r = await self._unary("StopDeployment", lambda t: self._stub.StopDeployment(req, timeout=t))
+        return deployment_from_proto(r.deployment)
+
+    async def drain(self, node_id: str, *, drain: bool = True) -> NodeStatus:
+        req = controller_pb2.DrainNodeRequest(node_id=node_id, drain=drain)
+        r = await self._unary("DrainNode", lambda t: self._stub.DrainNode(req, timeout=t))
+        return node_from_proto(r.node)
+
+    # --- streams ---------------------------------------------------------------------------
+
+    async def events(self, since: int = 0, *, follow: bool = False) -> AsyncIterator[Event]:
+        """Events with ``event_id > since``; with ``follow``, then new ones until cancelled."""
+        await self.connect()
+        req = controller_pb2.WatchEventsRequest(since=since, follow=follow)
+        call = self._stub.WatchEvents(req, timeout=None if follow else self._timeout)
+        async for msg in self._stream("controller WatchEvents", "the controller", call):
+            assert isinstance(msg, controller_pb2.WatchEventsResponse)
+            yield event_from_proto(msg.event)
+
+    async def logs(
+        self, node_id: str, process: str, *, follow: bool = False, tail: int = 0
+    ) -> AsyncIterator[LogLine]:
+        """A process's log lines from its node's agent (address from ListNodes)."""
+        node = await self._node(node_id)
+        service = f"the agent of node {node_id} at {node.record.address}"
+        channel = self._factory(node.record.address, token=self._token)
+        try:
+            await _wait_ready(channel, self._timeout, node.record.address, service)
+            stub = agent_pb2_grpc.NodeServiceStub(channel)
+            req = agent_pb2.StreamLogsRequest(name=process, follow=follow, tail=tail)
+            call = stub.StreamLogs(req, timeout=None if follow else self._timeout)
+            seq = 0
+            async for msg in self._stream(f"{service}: StreamLogs {process}", service, call):
+                assert isinstance(msg, agent_pb2.StreamLogsResponse)
+                seq += 1
+                yield LogLine(seq=seq, time=msg.time, stream=msg.stream, line=msg.line)
+        finally:
+            await channel.close()
+
+    async def _node(self, node_id: str) -> NodeStatus:
+        nodes = await self.nodes()
+        found = next((n for n in nodes if n.record.node_id == node_id), None)
+        if found is None:
+            known = ", ".join(n.record.node_id for n in nodes) or "none"
+            raise NotFoundError(f"no node {node_id!r} (known: {known})")
+        return found
+
+
+async def _wait_ready(
+    channel: grpc.aio.Channel, limit_s: float, address: str, service: str = ""
+) -> None:
+    """Connect now; a refused or failing connection fails at once, silence at ``limit_s``."""
+    try:
+        async with asyncio.timeout(limit_s):
+            state = channel.get_state(try_to_connect=True)
+            while state is not grpc.ChannelConnectivity.READY:
+                if state in (
+                    grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+                    grpc.ChannelConnectivity.SHUTDOWN,
+                ):
+                    raise _unreachable(address, service, "connection failed")
+                await channel.wait_for_state_change(state)
+                state = channel.get_state(try_to_connect=True)
+    except TimeoutError:
+        raise _unreachable(address, service, f"no answer within {limit_s:g} s") from None
+
+
+def _unreachable(address: str, service: str, reason: str) -> UnavailableError:
+    if service:
+        return UnavailableError(f"cannot reach {service}: {reason}")
+    return ControllerUnreachable(address, reason)
+
+
+def _translate(exc: grpc.aio.AioRpcError, service: str, what: str) -> Exception:
+    if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return TokenRefused(service, exc.details() or exc.code().name)
+    return translate_rpc_error(exc, what)

@@ -1,0 +1,481 @@
+"""The seed project's verbs on the ``tightwad`` umbrella, mapped onto this system.
+
+===========================  ================================================================
+``tightwad status``          ``tightwadctl status``: controller, nodes, deployments
+``tightwad start [-m M]``    ``tightwadctl deploy M`` (default: the config's default model)
+``tightwad stop``            ``tightwadctl stop --all``
+``tightwad swap MODEL``      ``tightwadctl swap MODEL`` (the running deployment)
+``tightwad benchmark ...``   ``tightwadctl bench ...``
+``tightwad proxy start``     the gateway over the config's routes, in the foreground
+``tightwad proxy status``    ``GET {gateway}/v1/tightwad/status``, summarised
+``tightwad proxy stop``      explains how a foreground / systemd gateway is stopped
+===========================  ================================================================
+
+Every verb honours ``-c`` / ``$TIGHTWAD_CONFIG`` / ``configs/cluster.yaml`` the way
+``tightwadctl`` does. When a verb needs a service that is not running, it says which one and
+how to start it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from tightwad.cli import ctl
+from tightwad.cli.client import ControllerClient
+from tightwad.cli.render import duration, table
+from tightwad.config import (
+    CONFIG_ENV_VAR,
+    DEFAULT_CONFIG_PATH,
+    ClusterConfig,
+    Endpoint,
+    EngineAddress,
+    ModelRef,
+    Route,
+    RouteTarget,
+    load_config,
+)
+from tightwad.controller.domain import DeploymentState
+from tightwad.errors import TightwadError
+from tightwad.gateway.engine_client import EngineClient
+from tightwad.gateway.loop import RouteSpec
+from tightwad.gateway.server import GatewayServer, settings_from_config
+
+__all__ = ["SEED_COMMANDS", "add_seed_commands", "run_seed"]
+
+SEED_COMMANDS = frozenset({"status", "start", "stop", "swap", "benchmark", "proxy"})
+API_KEY_ENV_VAR = "TIGHTWAD_API_KEY"
+_EXIT_ERROR = 1
+_EXIT_UNREACHABLE = 3
+_EXIT_AUTH = 4
+_HTTP_TIMEOUT_S = 10.0
+
+
+# --- parsers ------------------------------------------------------------------------------
+
+
+def _config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-c", "--config", help=f"cluster file (default: ${CONFIG_ENV_VAR}, {DEFAULT_CONFIG_PATH})"
+    )
+
+
+def add_seed_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The seed's verbs, added to the umbrella's subcommands."""
+    status = sub.add_parser("status", help="cluster status (tightwadctl status)")
+    _config_option(status)
+    status.add_argument("--json", action="store_true")
+    start = sub.add_parser("start", help="deploy a model (default: the config's default)")
+    _config_option(start)
+    start.add_argument("-m", "--model", help="model name from the config, or a GGUF path")
+    start.add_argument("--mode", choices=["engine", "llama-server"], default="engine")
+    start.add_argument("--wait", action="store_true", help="wait until it serves")
+    stop = sub.add_parser("stop", help="stop every running deployment")
+    _config_option(stop)
+    swap = sub.add_parser("swap", help="serve another model on the running deployment")
+    _config_option(swap)
+    swap.add_argument("model")
+    bench = sub.add_parser("benchmark", help="benchmarks (tightwadctl bench)")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    proxy = sub.add_parser("proxy", help="the speculative gateway of the config's proxy section")
+    proxy_sub = proxy.add_subparsers(dest="proxy_command", required=True)
+    for name, text in (
+        ("start", "run the gateway in the foreground (Ctrl-C stops it)"),
+        ("stop", "how to stop a running gateway"),
+        ("status", "the running gateway's routes and totals"),
+    ):
+        p = proxy_sub.add_parser(name, help=text)
+        _config_option(p)
+        if name == "status":
+            p.add_argument("--json", action="store_true")
+
+
+# --- controller verbs ---------------------------------------------------------------------
+
+
+def _config(path: str | None) -> ClusterConfig | None:
+    if not path and not os.environ.get(CONFIG_ENV_VAR) and not DEFAULT_CONFIG_PATH.is_file():
+        return None
+    return load_config(path)
+
+
+def _say(text: str) -> None:
+    print(f"tightwad: {text}", file=sys.stderr, flush=True)
+
+
+def _controller_hint(config_path: str | None) -> str:
+    flag = f" -c {config_path}" if config_path else ""
+    return (
+        f"the controller is not running: start it with `tightwad-controller{flag}` (or "
+        "`sudo systemctl start tightwad-controller`), and `tightwad-agent` on each host"
+    )
+
+
+def _ctl(args: argparse.Namespace, verb: Sequence[str]) -> int:
+    common = ["-c", args.config] if args.config else []
+    if getattr(args, "json", False):
+        common.append("--json")
+    code = ctl.main([*common, *verb])
+    if code == _EXIT_UNREACHABLE:
+        _say(_controller_hint(args.config))
+    return code
+
+
+def _start_verb(args: argparse.Namespace) -> list[str]:
+    model = args.model
+    if model is None:
+        cfg = _config(args.config)
+        default = cfg.default_model() if cfg else None
+        if default is None:
+            where = cfg.source if cfg and cfg.source else "the cluster file"
+            raise TightwadError(
+                f"no model to start: give -m MODEL, or add a `models:` section to {where} "
+                "(the one with `default: true` is started)"
+            )
+        model = default.name
+    verb = ["deploy", model, "--mode", args.mode]
+    return [*verb, "--wait"] if args.wait else verb
+
+
+# --- proxy verbs --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayAddress:
+    url: str
+    api_key: str | None
+
+
+def gateway_address(cfg: ClusterConfig | None, env: Mapping[str, str]) -> GatewayAddress:
+    """Where the proxy listens: the seed's ``proxy`` section, else ``gateway``."""
+    if cfg is None:
+        host, port, key = "127.0.0.1", 8088, None
+    elif cfg.proxy is not None:
+        host, port, key = cfg.proxy.host, cfg.proxy.port, cfg.proxy.auth_token
+    else:
+        host, port, key = cfg.gateway.host, cfg.gateway.port, cfg.gateway.api_key
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return GatewayAddress(f"http://{host}:{port}", env.get(API_KEY_ENV_VAR) or key)
+
+
+def _listen(cfg: ClusterConfig) -> tuple[str, int]:
+    if cfg.proxy is not None:
+        return cfg.proxy.host, cfg.proxy.port
+    return cfg.gateway.host, cfg.gateway.port
+
+
+def _start_hint(config_path: str | None) -> str:
+    flag = f" -c {config_path}" if config_path else ""
+    return (
+        f"start it with `tightwad proxy start{flag}` (or `sudo systemctl start "
+        "tightwad-gateway`; `tightwad up` runs a whole single-host stack)"
+    )
+
+
+async def _get_status(gw: GatewayAddress) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {gw.api_key}"} if gw.api_key else {}
+    timeout = aiohttp.ClientTimeout(total=_HTTP_TIMEOUT_S)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.get(f"{gw.url}/v1/tightwad/status", headers=headers) as resp,
+    ):
+        body = await resp.json(content_type=None)
+        if resp.status != 200:
+            message = body.get("error", {}).get("message", "") if isinstance(body, dict) else ""
+            raise _GatewayRefused(resp.status, message or resp.reason or "")
+        if not isinstance(body, dict):
+            raise TightwadError(f"the gateway at {gw.url} answered something that is not JSON")
+        return body
+
+
+class _GatewayRefused(TightwadError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+def status_summary(body: Mapping[str, Any], url: str) -> str:
+    """The gateway's status document as a header, a routes table and a totals line."""
+    routes = body.get("routes", [])
+    t = body.get("totals", {})
+    rows = [
+        [
+            r.get("name", "?"),
+            "READY" if r.get("ready") else "NOT READY",
+            r.get("target", "-") or "-",
+            f"{r.get('draft_mode', '-')}" + (f" ({r['draft']})" if r.get("draft") else ""),
+            "yes" if r.get("can_verify") else "no",
+            r.get("in_flight", 0),
+            r.get("queued", 0),
+        ]
+        for r in routes
+    ]
+    headers = ["ROUTE", "STATE", "TARGET", "DRAFT", "VERIFIES", "IN FLIGHT", "QUEUED"]
+    return "\n".join(
+        [
+            f"gateway at {url}: up {duration(float(body.get('uptime_s', 0)))}, "
+            f"{len(routes)} route(s)",
+            table(headers, rows) if rows else "no routes",
+            f"requests {t.get('requests', 0)}, errors {t.get('errors', 0)}, "
+            f"completion tokens {t.get('completion_tokens', 0)}, "
+            f"acceptance {float(t.get('acceptance_rate', 0.0)):.0%} "
+            f"({t.get('accepted', 0)}/{t.get('drafted', 0)} drafted)",
+        ]
+    )
+
+
+async def proxy_status(args: argparse.Namespace) -> int:
+    gw = gateway_address(_config(args.config), os.environ)
+    try:
+        body = await _get_status(gw)
+    except aiohttp.ClientConnectionError:
+        _say(f"no gateway answers at {gw.url}: {_start_hint(args.config)}")
+        return _EXIT_UNREACHABLE
+    except TimeoutError:
+        _say(f"the gateway at {gw.url} did not answer within {_HTTP_TIMEOUT_S:g} s")
+        return _EXIT_UNREACHABLE
+    except _GatewayRefused as exc:
+        if exc.status == 401:
+            _say(
+                f"the gateway at {gw.url} refused the API key: set {API_KEY_ENV_VAR} to "
+                "gateway.api_key (or proxy.auth_token)"
+            )
+            return _EXIT_AUTH
+        _say(f"the gateway at {gw.url} refused the status request ({exc.message})")
+        return _EXIT_ERROR
+    if args.json:
+        print(json.dumps(body, indent=2, sort_keys=True), flush=True)
+    else:
+        print(status_summary(body, gw.url), flush=True)
+    return 0
+
+
+async def _answers(url: str) -> bool:
+    timeout = aiohttp.ClientTimeout(total=3.0)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(f"{url}/healthz") as resp,
+        ):
+            return resp.status < 500
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
+async def proxy_stop(args: argparse.Namespace) -> int:
+    gw = gateway_address(_config(args.config), os.environ)
+    if not await _answers(gw.url):
+        print(f"no gateway is running at {gw.url}: nothing to stop", flush=True)
+        return 0
+    print(
+        f"a gateway is running at {gw.url}. `tightwad proxy start` runs in the foreground: "
+        "stop it with Ctrl-C in its terminal (or send it SIGTERM); under systemd: "
+        "`sudo systemctl stop tightwad-gateway`.",
+        flush=True,
+    )
+    return _EXIT_ERROR
+
+
+# --- proxy start --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EngineTarget:
+    """An engine the gateway can drive: agent address + model id ("" = its only engine)."""
+
+    address: str
+    model: str
+
+
+def _describe(target: RouteTarget) -> str:
+    if isinstance(target, ModelRef):
+        return f"model {target.name}"
+    if isinstance(target, EngineAddress):
+        return f"grpc://{target}"
+    return f"{target.backend} server {target.model_name} at {target.url}"
+
+
+def resolve_target(target: RouteTarget, served: Mapping[str, str] | None) -> EngineTarget | str:
+    """The engine behind ``target``, or why the gateway cannot drive it.
+
+    ``served`` maps a deployed model to its engine address (None: controller unreachable).
+    """
+    if isinstance(target, EngineAddress):
+        return EngineTarget(str(target), "")
+    if isinstance(target, ModelRef):
+        if served is None:
+            return f"{_describe(target)} needs the controller, which is not reachable"
+        address = served.get(target.name)
+        if address is None:
+            return f"{_describe(target)} is not served (`tightwad start -m {target.name}`)"
+        return EngineTarget(address, target.name)
+    assert isinstance(target, Endpoint)
+    return (
+        f"{_describe(target)} is an HTTP server: the gateway drives Tightwad engines over "
+        "gRPC (point the route at grpc://HOST:PORT, or deploy the model with `tightwad start`)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    """How one configured route will be served, or why it cannot be."""
+
+    route: Route
+    target: EngineTarget | None
+    drafters: tuple[EngineTarget, ...]
+    draft_mode: str
+    notes: tuple[str, ...]
+
+
+def plan_route(route: Route, served: Mapping[str, str] | None) -> RoutePlan:
+    target = resolve_target(route.target, served)
+    if isinstance(target, str):
+        return RoutePlan(route, None, (), "none", (f"route {route.name}: {target}",))
+    notes: list[str] = []
+    drafters: list[EngineTarget] = []
+    for d in route.drafters:
+        got = resolve_target(d, served)
+        if isinstance(got, str):
+            notes.append(f"route {route.name}: drafter {got}")
+        else:
+            drafters.append(got)
+    mode: str = route.draft
+    if mode in ("model", "hybrid") and not drafters:
+        notes.append(f"route {route.name}: no drafter can be driven, so drafting is off")
+        mode = "none" if mode == "model" else "prediction"
+    return RoutePlan(route, target, tuple(drafters), mode, tuple(notes))
+
+
+async def _served_models(cfg: ClusterConfig, env: Mapping[str, str]) -> dict[str, str] | None:
+    """Deployed models served by an engine, from the controller; None when unreachable."""
+    token = env.get(ctl.TOKEN_ENV_VAR) or cfg.cluster.token
+    try:
+        async with ControllerClient(
+            cfg.controller.dial_address, token=token, timeout=5.0
+        ) as client:
+            deps = await client.deployments()
+    except TightwadError:
+        return None
+    return {
+        d.spec.model: d.route.engine_address
+        for d in deps
+        if d.state is DeploymentState.SERVING and d.route and d.route.engine_address
+    }
+
+
+def _route_spec(plan: RoutePlan, token: str | None) -> RouteSpec:
+    assert plan.target is not None
+    return RouteSpec(
+        name=plan.route.name,
+        target=EngineClient(plan.target.address, plan.target.model, token=token),
+        draft_mode=plan.draft_mode,  # type: ignore[arg-type]
+        drafters=tuple(EngineClient(d.address, d.model, token=token) for d in plan.drafters),
+        max_draft_tokens=plan.route.max_draft_tokens,
+    )
+
+
+async def build_proxy(
+    cfg: ClusterConfig, env: Mapping[str, str]
+) -> tuple[GatewayServer, list[str]]:
+    """The gateway for the config's routes (not started) and notes on what was left out."""
+    routes = cfg.effective_routes()
+    if not routes:
+        raise TightwadError("the cluster file has no proxy, routes or models: nothing to serve")
+    needs_controller = any(isinstance(t, ModelRef) for r in routes for t in (r.target, *r.drafters))
+    served = await _served_models(cfg, env) if needs_controller else {}
+    plans = [plan_route(r, served) for r in routes]
+    notes = [n for p in plans for n in p.notes]
+    if served is None:
+        notes.append(_controller_hint(cfg.source))
+    usable = [p for p in plans if p.target is not None]
+    if not usable:
+        raise TightwadError("no route can be served:\n  " + "\n  ".join(notes))
+    token = cfg.cluster.token
+    key = env.get(API_KEY_ENV_VAR) or (cfg.proxy.auth_token if cfg.proxy else None)
+    host, port = _listen(cfg)
+    server = GatewayServer(
+        [_route_spec(p, token) for p in usable],
+        settings_from_config(cfg, api_key=key),
+        host=host,
+        port=port,
+    )
+    return server, notes
+
+
+async def _serve_proxy(cfg: ClusterConfig) -> int:
+    server, notes = await build_proxy(cfg, os.environ)
+    for note in notes:
+        _say(note)
+    try:
+        await server.start()
+    except BaseException:
+        await server.stop()
+        raise
+    print(
+        f"Tightwad proxy serving {', '.join(sorted(server.backends))} at {server.url}/v1\n"
+        f"Status: tightwad proxy status   Stop: Ctrl-C",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        print("tightwad proxy: stopping", flush=True)
+        await server.stop()
+    return 0
+
+
+def proxy_start(args: argparse.Namespace) -> int:
+    cfg = _config(args.config)
+    if cfg is None:
+        raise TightwadError(
+            f"no cluster file: give -c PATH, set {CONFIG_ENV_VAR}, or create "
+            f"{DEFAULT_CONFIG_PATH} (`tightwad up` serves a single host without one)"
+        )
+    return asyncio.run(_serve_proxy(cfg))
+
+
+# --- dispatch -----------------------------------------------------------------------------
+
+
+def _run_proxy(args: argparse.Namespace) -> int:
+    if args.proxy_command == "start":
+        return proxy_start(args)
+    if args.proxy_command == "stop":
+        return asyncio.run(proxy_stop(args))
+    return asyncio.run(proxy_status(args))
+
+
+def run_seed(args: argparse.Namespace) -> int:
+    """Run one of :data:`SEED_COMMANDS`; errors are printed, the exit code returned."""
+    try:
+        if args.command == "proxy":
+            return _run_proxy(args)
+        if args.command == "benchmark":
+            rest = list(args.bench_args)
+            return ctl.main(["bench", *(rest[1:] if rest[:1] == ["--"] else rest)])
+        if args.command == "status":
+            return _ctl(args, ["status"])
+        if args.command == "start":
+            return _ctl(args, _start_verb(args))
+        if args.command == "stop":
+            return _ctl(args, ["stop", "--all"])
+        return _ctl(args, ["swap", args.model])
+    except TightwadError as exc:
+        _say(exc.message)
+        return _EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
