@@ -10,6 +10,13 @@ from tightwad.v1 import common_pb2, engine_pb2
 
 __all__ = ["info_to_pb", "logprob_to_pb", "messages_from_pb"]
 
+_KINDS: dict[str, engine_pb2.EngineKind.ValueType] = {
+    "embedded": engine_pb2.ENGINE_KIND_EMBEDDED,
+    "llama_server": engine_pb2.ENGINE_KIND_LLAMA_SERVER,
+    "ollama": engine_pb2.ENGINE_KIND_OLLAMA,
+    "openai": engine_pb2.ENGINE_KIND_OPENAI,
+}
+
 
 def logprob_to_pb(lp: TokenLogprob) -> common_pb2.TokenLogprob:
     return common_pb2.TokenLogprob(
@@ -34,15 +41,15 @@ def info_to_pb(info: EngineInfo) -> engine_pb2.InfoResponse:
         n_vocab=info.n_vocab,
         vocab_fingerprint=info.vocab_fingerprint,
         capabilities=engine_pb2.Capabilities(
-            can_verify=True,
-            can_draft=True,
+            can_verify=info.can_verify,
+            can_draft=info.can_draft,
             can_render_chat=info.has_chat_template,
-            can_logprobs=True,
+            can_logprobs=info.can_logprobs,
         ),
         placement=[
             engine_pb2.DevicePlacement(device=name, layers=layers) for name, layers in info.devices
         ],
-        kind=engine_pb2.ENGINE_KIND_EMBEDDED,
+        kind=_KINDS.get(info.kind, engine_pb2.ENGINE_KIND_UNSPECIFIED),
         bos_token_id=info.bos_token_id,
         eog_token_ids=list(info.eog_token_ids),
         live_sessions=info.live_sessions,

@@ -95,6 +95,12 @@ class EngineInfo:
     engine_version: str
     devices: tuple[tuple[str, int], ...]
     has_chat_template: bool
+    # What this engine can do: the embedded engine does everything; an HTTP adapter reports
+    # only what its server really supports (see tightwad.agent.adapters).
+    can_verify: bool = True
+    can_draft: bool = True
+    can_logprobs: bool = True
+    kind: str = "embedded"  # embedded | llama_server | ollama | openai
 
 
 @dataclass(frozen=True, slots=True)

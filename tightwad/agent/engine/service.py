@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 import grpc
 
 from tightwad import convert as wire
+from tightwad.agent.adapters.protocol import EngineLike, SessionLike
 from tightwad.agent.engine import convert
-from tightwad.agent.engine.core import Engine, Session
 from tightwad.errors import InvalidRequestError, NotFoundError
 from tightwad.v1 import engine_pb2, engine_pb2_grpc
 
@@ -38,18 +38,18 @@ class EngineRegistry:
     """The engines of one agent, by model id. The first one loaded is the default."""
 
     def __init__(self) -> None:
-        self._engines: dict[str, Engine] = {}
+        self._engines: dict[str, EngineLike] = {}
 
-    def add(self, engine: Engine) -> None:
+    def add(self, engine: EngineLike) -> None:
         self._engines[engine.cfg.model_id] = engine
 
-    def remove(self, model_id: str) -> Engine:
+    def remove(self, model_id: str) -> EngineLike:
         try:
             return self._engines.pop(model_id)
         except KeyError:
             raise NotFoundError(f"no model {model_id!r} is loaded on this agent") from None
 
-    def get(self, model_id: str) -> Engine:
+    def get(self, model_id: str) -> EngineLike:
         if not model_id:
             if not self._engines:
                 raise NotFoundError("no model is loaded on this agent")
@@ -62,7 +62,7 @@ class EngineRegistry:
                 f"model {model_id!r} is not loaded here (loaded: {known})"
             ) from None
 
-    def all(self) -> list[Engine]:
+    def all(self) -> list[EngineLike]:
         return list(self._engines.values())
 
     async def close(self) -> None:
@@ -123,7 +123,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         request_iterator: AsyncIterator[engine_pb2.SessionRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[engine_pb2.SessionResponse]:
-        session: Session | None = None
+        session: SessionLike | None = None
         try:
             async for req in request_iterator:
                 kind = req.WhichOneof("command")
@@ -144,7 +144,9 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             if session is not None:
                 session.release()
 
-    async def _open(self, cmd: engine_pb2.OpenCommand) -> tuple[Session, engine_pb2.OpenedEvent]:
+    async def _open(
+        self, cmd: engine_pb2.OpenCommand
+    ) -> tuple[SessionLike, engine_pb2.OpenedEvent]:
         engine = self._reg.get(cmd.model)
         which = cmd.WhichOneof("prompt")
         if which == "tokens":
@@ -173,7 +175,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         )
 
     async def _command(
-        self, session: Session, req: engine_pb2.SessionRequest
+        self, session: SessionLike, req: engine_pb2.SessionRequest
     ) -> AsyncIterator[engine_pb2.SessionResponse]:
         kind = req.WhichOneof("command")
         seq = req.seq

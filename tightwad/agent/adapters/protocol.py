@@ -1,0 +1,105 @@
+"""What the Engine service needs of an engine and of its sessions.
+
+The embedded llama.cpp :class:`~tightwad.agent.engine.core.Engine` satisfies these Protocols,
+and so does every adapter in this package (a stock ``llama-server``, Ollama, an
+OpenAI-compatible server). The service dispatches to them without knowing which is which; an
+engine's :class:`~tightwad.agent.engine.core.EngineInfo` says honestly what it can do
+(``can_verify``, ``can_draft``, ``kind``).
+
+A session that cannot verify in one pass refuses ``verify`` with a non-empty draft
+(:class:`~tightwad.errors.InvalidRequestError`); ``verify([])`` is always one plain step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from tightwad.agent.engine.core import DraftStep, EngineInfo, TokenLogprob, VerifyResult
+from tightwad.agent.engine.template import Message
+from tightwad.spec.sampling import SamplingConfig, SparseDist
+
+__all__ = ["EngineConfigLike", "EngineLike", "SessionLike"]
+
+
+class EngineConfigLike(Protocol):
+    """The identity of a served model: the id it answers to, its context per session, and
+    where it lives (a GGUF path, or a server URL for an adapter)."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def ctx_size(self) -> int: ...
+
+    @property
+    def path(self) -> Path | str: ...
+
+
+class SessionLike(Protocol):
+    """One request's sequence. ``tokens`` is the prompt plus everything committed or drafted."""
+
+    tokens: list[int]
+    last_draft_stop: str
+
+    async def verify(
+        self, draft: Sequence[int], q: Sequence[SparseDist] | None = None
+    ) -> VerifyResult: ...
+
+    def generate(
+        self, n: int, stop_tokens: Sequence[int] = (), *, ignore_eos: bool = False
+    ) -> AsyncIterator[tuple[int, TokenLogprob | None, str | None]]: ...
+
+    def draft(
+        self,
+        k: int,
+        *,
+        keep: int,
+        append: Sequence[int],
+        min_confidence: float = 0.0,
+        top_m: int = 0,
+    ) -> AsyncIterator[DraftStep]: ...
+
+    async def rewind(self, keep: int) -> int: ...
+
+    def release(self) -> None: ...
+
+
+@runtime_checkable
+class EngineLike(Protocol):
+    """One served model: facts, tokenizer, chat template and sessions."""
+
+    @property
+    def cfg(self) -> EngineConfigLike: ...
+
+    @property
+    def live_sessions(self) -> int: ...
+
+    async def info(self) -> EngineInfo: ...
+
+    async def vocab_fingerprint(self) -> str: ...
+
+    async def pieces(self) -> list[bytes]: ...
+
+    async def special_tokens(self) -> list[int]: ...
+
+    async def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]: ...
+
+    async def detokenize(self, tokens: Sequence[int], *, render_special: bool) -> bytes: ...
+
+    async def render_chat(
+        self, messages: Sequence[Message], *, add_generation_prompt: bool
+    ) -> tuple[str, list[int]]: ...
+
+    async def open_session(
+        self,
+        prompt: Sequence[int],
+        sampling: SamplingConfig,
+        *,
+        seed: int | None = None,
+        top_logprobs: int = 0,
+        logprobs: bool = False,
+    ) -> tuple[SessionLike, int, float]: ...
+
+    async def close(self) -> None: ...
