@@ -14,6 +14,17 @@ import structlog
 __all__ = ["configure_logging", "get_logger"]
 
 
+class _LiveStderr:
+    """Writes to whatever ``sys.stderr`` is *now* (cached loggers must not keep a stream that
+    a test harness or a redirect has since closed)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
     """Configure structlog and the stdlib root logger once, for a process's entry point."""
     use_json = not sys.stderr.isatty() if json is None else json
@@ -32,7 +43,7 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_LiveStderr()),  # type: ignore[arg-type,unused-ignore]
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=numeric, stream=sys.stderr, format="%(name)s %(message)s")

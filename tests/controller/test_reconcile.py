@@ -9,7 +9,6 @@ from tightwad.controller.domain import (
     Deployment,
     DeploymentSpec,
     DeploymentState,
-    EngineView,
     NodeRecord,
     NodeState,
     ProcessKind,
@@ -26,13 +25,12 @@ from tightwad.controller.placement import (
     plan_placement,
 )
 from tightwad.controller.reconcile import (
-    LoadEngine,
     MarkState,
     Replan,
+    StartEngineHost,
     StartLlamaServer,
     StartRpcServer,
     StopProcess,
-    UnloadEngine,
     reconcile,
 )
 from tightwad.controller.registry import node_state
@@ -110,12 +108,33 @@ def test_fresh_deployment_starts_rpc_servers_first() -> None:
     assert decide([pooled()], nodes()) == actions  # same world, same decision
 
 
-def test_rpc_up_then_engine_load_with_rpc_device() -> None:
+def test_rpc_up_then_engine_host_with_rpc_device_split_ngl() -> None:
     dep = replace(pooled(), state=DeploymentState.STARTING, message="starting rpc-servers")
-    [load] = decide([dep], nodes(b=(RPC_B,)))  # already STARTING: no new mark
-    assert isinstance(load, LoadEngine)
-    assert load.devices == ("CUDA0", "RPC[10.0.0.2:50052]") and load.path == "/models/m.gguf"
-    assert load.n_gpu_layers == 9
+    [start] = decide([dep], nodes(b=(RPC_B,)))  # already STARTING: no new mark
+    assert isinstance(start, StartEngineHost)
+    assert (start.node_id, start.name, start.generation) == ("a", "engine-dep-1", 1)
+    args = list(start.args)
+    assert args[args.index("--model") + 1] == "/models/m.gguf"
+    assert args[args.index("--model-id") + 1] == "m"
+    assert args[args.index("--devices") + 1] == "CUDA0,RPC[10.0.0.2:50052]"
+    assert args[args.index("--gpu-layers") + 1] == "9"
+    assert len(args[args.index("--tensor-split") + 1].split(",")) == 2
+    assert "--listen" not in args  # the agent allocates the port
+
+
+def test_rpc_server_restarting_before_the_load_is_waited_for() -> None:
+    dep = replace(pooled(), state=DeploymentState.STARTING, message="starting rpc-servers")
+    restarting = replace(RPC_B, state="backoff", healthy=False)
+    assert decide([dep], nodes(b=(restarting,))) == []
+
+
+def test_rpc_server_on_another_port_is_stopped_then_started_on_the_planned_one() -> None:
+    dep = replace(pooled(), state=DeploymentState.STARTING, message="starting rpc-servers")
+    moved = replace(RPC_B, port=50060)
+    assert decide([dep], nodes(b=(moved,))) == [
+        StopProcess(DEP, NodeId("b"), "rpc-GPU-b", "planned on port 50052"),
+        StartRpcServer(DEP, NodeId("b"), DeviceId("GPU-b"), "rpc-GPU-b", "10.0.0.2", 50052),
+    ]
 
 
 def test_llama_server_mode_passes_rpc_device_split_ngl() -> None:
@@ -131,16 +150,29 @@ def test_llama_server_mode_passes_rpc_device_split_ngl() -> None:
     assert args[args.index("--device") + 1] == "CUDA0,RPC[10.0.0.2:50052]"
     assert args[args.index("-ngl") + 1] == "9"
     assert "--tensor-split" in args
+    assert "--port" not in args and "--host" not in args  # the agent's to choose
+
+
+ENGINE_A = ProcessView(
+    "engine-dep-1", ProcessKind.ENGINE_HOST, "running", "10.0.0.1", 50100, True, pid=42
+)
 
 
 def serving() -> tuple[Deployment, dict[NodeId, NodeRecord]]:
-    ns = nodes(b=(RPC_B,))
-    ns[NodeId("a")] = replace(ns[NodeId("a")], engines=(EngineView("m", True, ("CUDA0",)),))
-    route = RouteInfo("m", engine_address="10.0.0.1:50061", can_verify=True)
+    ns = nodes(a=(ENGINE_A,), b=(RPC_B,))
+    route = RouteInfo("m", engine_address="10.0.0.1:50100", can_verify=True)
     dep = replace(
         pooled(), state=DeploymentState.SERVING, message="serving", route=route, loaded_generation=1
     )
     return dep, ns
+
+
+def test_engine_host_healthy_means_serving_with_its_own_address() -> None:
+    dep, ns = serving()
+    starting = replace(dep, state=DeploymentState.STARTING, message="x", route=None)
+    assert decide([starting], ns) == [
+        MarkState(DEP, DeploymentState.SERVING, "serving", dep.route),
+    ]
 
 
 def test_everything_running_means_no_actions() -> None:
@@ -166,6 +198,38 @@ def test_dead_rpc_server_degrades_and_replans() -> None:
     assert "rpc-GPU-b on node b is crash loop" in actions[0].message  # type: ignore[attr-defined]
 
 
+def test_rpc_server_restarting_after_the_load_degrades_and_reloads() -> None:
+    """Its tensors died with it: the engine host must load again, not keep serving."""
+    dep, ns = serving()
+    restarting = replace(RPC_B, state="backoff", healthy=False, message="exited with code -9")
+    ns[NodeId("b")] = replace(ns[NodeId("b")], processes=(restarting,))
+    actions = decide([dep], ns)
+    why = "rpc-server rpc-GPU-b on node b is backoff: exited with code -9"
+    assert actions == [MarkState(DEP, DeploymentState.DEGRADED, why), Replan(DEP, why)]
+
+
+def test_engine_host_restarting_is_reported_and_waited_for() -> None:
+    dep, ns = serving()
+    restarting = replace(ENGINE_A, state="backoff", healthy=False, message="exited with code 75")
+    ns[NodeId("a")] = replace(ns[NodeId("a")], processes=(restarting,))
+    assert decide([dep], ns) == [
+        MarkState(
+            DEP,
+            DeploymentState.DEGRADED,
+            "engine host engine-dep-1 on node a is restarting: exited with code 75",
+        )
+    ]
+
+
+def test_engine_host_crash_loop_is_stopped_and_started_again() -> None:
+    dep, ns = serving()
+    looping = replace(ENGINE_A, state="crash_loop", healthy=False)
+    ns[NodeId("a")] = replace(ns[NodeId("a")], processes=(looping,))
+    actions = decide([dep], ns)
+    assert [type(a) for a in actions] == [MarkState, StopProcess, StartEngineHost]
+    assert actions[0].message == "engine host engine-dep-1 on node a is crash loop"  # type: ignore[attr-defined]
+
+
 def test_unreachable_node_degrades_and_replans() -> None:
     dep, ns = serving()
     ns[NodeId("b")] = replace(ns[NodeId("b")], last_seen=NOW - 60)
@@ -180,21 +244,20 @@ def test_draining_node_triggers_replan() -> None:
     assert Replan(DEP, "node b is draining") in decide([dep], ns)
 
 
-def test_new_generation_unloads_and_reloads() -> None:
+def test_new_generation_stops_and_restarts_the_engine_host() -> None:
     dep, ns = serving()
     bumped = replace(dep, generation=2, state=DeploymentState.STARTING, message="x")
     actions = decide([bumped], ns)
-    assert [type(a) for a in actions] == [MarkState, UnloadEngine, LoadEngine] or [
-        type(a) for a in actions
-    ] == [UnloadEngine, LoadEngine]
+    assert actions[0] == StopProcess(DEP, NodeId("a"), "engine-dep-1", "reload")
+    assert isinstance(actions[1], StartEngineHost) and actions[1].generation == 2
 
 
-def test_stop_unloads_then_marks_stopped_and_gc_stops_rpc() -> None:
+def test_stop_stops_the_engine_host_then_marks_stopped_and_gc_stops_rpc() -> None:
     dep, ns = serving()
     stopping = replace(dep, state=DeploymentState.STOPPING)
     actions = decide([stopping], ns)
     assert actions == [
-        UnloadEngine(DEP, NodeId("a"), "m"),
+        StopProcess(DEP, NodeId("a"), "engine-dep-1", "stopped"),
         MarkState(DEP, DeploymentState.STOPPED, "stopped"),
         StopProcess(None, NodeId("b"), "rpc-GPU-b", "no deployment needs it"),
     ]

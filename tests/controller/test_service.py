@@ -20,7 +20,6 @@ from tightwad.v1 import agent_pb2, agent_pb2_grpc, controller_pb2, controller_pb
 from .factories import GiB, MiB, device, facts
 
 TOKEN = "s3cret"
-AUTH = (("authorization", f"Bearer {TOKEN}"),)  # streaming calls: see FakeAgent.register
 
 
 class FakeNode(agent_pb2_grpc.NodeServiceServicer):
@@ -28,16 +27,18 @@ class FakeNode(agent_pb2_grpc.NodeServiceServicer):
         self.processes: dict[str, agent_pb2.ProcessStatus] = {}
         self.engines: dict[str, agent_pb2.EngineStatus] = {}
         self.calls: list[str] = []
+        self.specs: dict[str, agent_pb2.ProcessSpec] = {}
 
     async def StartProcess(self, request, context):  # type: ignore[no-untyped-def]
         self.calls.append(f"start {request.spec.name}")
+        self.specs[request.spec.name] = request.spec
         st = agent_pb2.ProcessStatus(
             name=request.spec.name,
             spec=request.spec,
             state=agent_pb2.PROCESS_STATE_RUNNING,
             healthy=True,
-            host=request.spec.host,
-            port=request.spec.port,
+            host=request.spec.host or "127.0.0.1",
+            port=request.spec.port or 50100 + len(self.specs),  # the agent allocates
         )
         self.processes[request.spec.name] = st
         return agent_pb2.StartProcessResponse(status=st)
@@ -122,8 +123,7 @@ class FakeAgent:
                 yield await queue.get()
 
         self.queue = queue
-        # rpc.client_channel's interceptor does not reach stream-stream calls: pass it here.
-        self.call = stub.Register(requests(), metadata=(("authorization", f"Bearer {TOKEN}"),))
+        self.call = stub.Register(requests())
         self.channel = channel
         return self.call  # type: ignore[return-value]
 
@@ -215,15 +215,17 @@ async def test_plan_deploy_serve_then_restart_redeploys_nothing(cluster, tmp_pat
             break
         await asyncio.sleep(0.05)
     assert got[0].state == controller_pb2.DEPLOYMENT_STATE_SERVING, got[0]
-    assert got[0].route.engine_address == agents[0].server.bound_address
+    engine = agents[0].node.processes[f"engine-{dep.deployment_id}"]
+    assert engine.spec.kind == agent_pb2.PROCESS_KIND_ENGINE_HOST
+    assert got[0].route.engine_address == f"127.0.0.1:{engine.port}"
     assert agents[1].node.calls == ["start rpc-GPU-b"]
-    assert agents[0].node.calls[0].startswith("load m CUDA0,RPC[127.0.0.1:")
-    events = [
-        r.event.kind
-        async for r in ctl.WatchEvents(controller_pb2.WatchEventsRequest(), metadata=AUTH)
-    ]
+    assert agents[0].node.calls == [f"start engine-{dep.deployment_id}"]
+    args = list(engine.spec.args)
+    assert args[args.index("--devices") + 1].startswith("CUDA0,RPC[127.0.0.1:")
+    events = [r.event.kind async for r in ctl.WatchEvents(controller_pb2.WatchEventsRequest())]
     assert "deployment_created" in events and "deployment_serving" in events
-    routes = ctl.WatchRoutes(controller_pb2.WatchRoutesRequest(), metadata=AUTH)
+    assert "engine_host_started" in events
+    routes = ctl.WatchRoutes(controller_pb2.WatchRoutesRequest())
     assert [r.model for r in (await routes.read()).routes] == ["m"]
     routes.cancel()
 

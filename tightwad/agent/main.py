@@ -2,7 +2,14 @@
 
     tightwad-agent [-c CONFIG] [--name NAME] [--listen HOST:PORT] [--model PATH [--model-id ID]]
                    [--ctx-size N] [--threads N] [--max-sessions N] [--check] [--version]
-                   [--log-level LEVEL]
+                   [--controller HOST:PORT [--advertise HOST:PORT]] [--log-level LEVEL]
+    tightwad-agent --engine-only --listen HOST:PORT --model PATH [--devices RPC[h:p],...]
+                   [--tensor-split a,b] [--gpu-layers N] ...   (see tightwad.agent.engine_host)
+
+``--controller`` registers the agent with the controller (hello, then heartbeats with its
+inventory); ``--advertise`` is the address the controller and gateway dial it on (default:
+the listen address). ``--engine-only`` runs an engine host: one engine, no Node service, no
+supervisor; the agent's supervisor starts those itself for pooled models.
 
 Settings come from the cluster file (``agents`` section, the entry named ``--name``, default
 the hostname); with no file anywhere, the single-host defaults. SIGINT/SIGTERM stop it
@@ -47,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx-size", type=int, help="context per session (default: config engine)")
     p.add_argument("--threads", type=int, help="CPU threads (default: config, else all)")
     p.add_argument("--max-sessions", type=int, help="sessions at once (default: config)")
+    p.add_argument("--controller", help="controller address HOST:PORT to register with")
+    p.add_argument("--advertise", help="address the cluster dials this agent on")
+    p.add_argument("--engine-only", action="store_true", help="run an engine host (see above)")
     p.add_argument("--check", action="store_true", help="report what this host offers; exit")
     p.add_argument("--version", action="version", version=f"tightwad-agent {tightwad.__version__}")
     p.add_argument("--log-level", default="info", help="debug, info, warning, error")
@@ -101,6 +111,8 @@ def settings_from_config(cfg: ClusterConfig, ns: argparse.Namespace) -> AgentSet
             llama_server_name=cfg.binaries.coordinator,
         ),
         supervisor=SupervisorSettings(bind=bind),
+        controller=ns.controller,
+        advertise=ns.advertise,
         load_defaults=LoadDefaults(
             ctx_size=ns.ctx_size or cfg.engine.ctx_size,
             max_sessions=ns.max_sessions or cfg.engine.max_sessions,
@@ -138,7 +150,12 @@ def _run(settings: AgentSettings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--engine-only" in args:
+        from tightwad.agent import engine_host
+
+        return engine_host.main([a for a in args if a != "--engine-only"])
+    ns = build_parser().parse_args(args)
     configure_logging(ns.log_level)
     try:
         cfg = _load(ns.config)

@@ -31,6 +31,7 @@ from tightwad.agent.engine.core import Engine, EngineConfig
 from tightwad.agent.engine.service import EngineRegistry
 from tightwad.agent.gguf_facts import ModelFacts, ModelFileError, scan_model_dirs, sha256_file
 from tightwad.agent.inventory import CommandRunner, InventoryReport, collect_inventory
+from tightwad.agent.inventory.domain import DeviceInfo
 from tightwad.agent.processes import Supervisor
 from tightwad.agent.processes import convert as process_convert
 from tightwad.agent.processes.domain import ProcessStatus
@@ -39,7 +40,14 @@ from tightwad.errors import ConflictError, InvalidRequestError, ModelLoadError, 
 from tightwad.logs import get_logger
 from tightwad.v1 import agent_pb2, agent_pb2_grpc
 
-__all__ = ["EngineView", "LoadDefaults", "Node", "NodeServiceServicer", "NodeSnapshot"]
+__all__ = [
+    "EngineView",
+    "LoadDefaults",
+    "Node",
+    "NodeServiceServicer",
+    "NodeSnapshot",
+    "inventory_message",
+]
 
 log = get_logger("tightwad.agent.node")
 
@@ -110,6 +118,10 @@ class Node:
                     self.runner, llama_server=self.llama_server()
                 )
             return self._report
+
+    def device(self, device_id: str) -> DeviceInfo | None:
+        """A device of the last inventory (the supervisor pins processes by these ids)."""
+        return self._report.device(device_id) if self._report is not None else None
 
     async def snapshot(self, *, refresh: bool = False) -> NodeSnapshot:
         report = await self.report(refresh=refresh)
@@ -217,9 +229,9 @@ def _check_devices(devices: Sequence[str]) -> None:
     rpc = [d for d in devices if d.upper().startswith("RPC")]
     if rpc:
         raise ModelLoadError(
-            f"devices {rpc}: RPC devices are not supported by the embedded engine yet (it has "
-            "no device list to pass to llama.cpp); load the model in a llama-server process "
-            "with --rpc instead"
+            f"devices {rpc}: a model pooled over rpc-servers is not loaded inside the agent "
+            "(llama.cpp aborts the whole process when an RPC peer dies); start it in an engine "
+            "host process instead (StartProcess with PROCESS_KIND_ENGINE_HOST)"
         )
 
 
@@ -244,6 +256,12 @@ def _snapshot_to_proto(snap: NodeSnapshot, rpc_version: str) -> agent_pb2.Invent
     inventory.processes.extend(process_convert.status_to_proto(p) for p in snap.processes)
     inventory.engines.extend(_engine_to_proto(e) for e in snap.engines)
     return inventory
+
+
+async def inventory_message(node: Node, *, refresh: bool = False) -> agent_pb2.Inventory:
+    """The node's inventory as the wire has it (for the controller link's heartbeats)."""
+    snap = await node.snapshot(refresh=refresh)
+    return _snapshot_to_proto(snap, node.supervisor.rpc_protocol_version())
 
 
 def _load_request(msg: agent_pb2.LoadModelRequest, defaults: LoadDefaults) -> LoadRequest:
@@ -314,6 +332,8 @@ class NodeServiceServicer(agent_pb2_grpc.NodeServiceServicer):
         self, request: agent_pb2.StartProcessRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.StartProcessResponse:
         spec = process_convert.spec_from_proto(request.spec)
+        if spec.device_ids:
+            await self._node.report()  # the devices it is pinned to must be known first
         status = await self._node.supervisor.start(spec, wait_healthy=request.wait_healthy)
         return agent_pb2.StartProcessResponse(status=process_convert.status_to_proto(status))
 

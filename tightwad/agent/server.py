@@ -1,36 +1,76 @@
-"""The agent process: a gRPC server hosting the Engine service and the Node service.
+"""The agent process: a gRPC server hosting the Engine service and the Node service, and its
+link to the controller.
 
-``AgentServer.run()`` loads the configured engines, serves until ``stop()``; ``stop()`` turns
-health to NOT_SERVING, stops the server with a grace period, stops every supervised child
-process (SIGTERM, grace, SIGKILL: none outlives the agent), then closes every engine.
+``AgentServer.run()`` loads the configured engines, serves until ``stop()``; ``stop()`` ends
+the controller link, turns health to NOT_SERVING, stops the server with a grace period, stops
+every supervised child process (SIGTERM, grace, SIGKILL: none outlives the agent), then closes
+every engine. With ``node_service=False`` (an engine host) there is no Node service and no
+Supervisor: the process serves its engines and nothing else.
+
+:class:`ControllerLink` (started when ``AgentSettings.controller`` is set) keeps this agent
+registered: it opens the controller's ``Register`` stream with a hello (inventory, model files,
+protocol version, join token), then sends a heartbeat with the current inventory every
+interval the controller asked for, and at once whenever a process or engine changes, so the
+controller hears of a dead rpc-server within a round trip. A broken stream is reopened with
+capped exponential backoff; the controller treats the new hello as a re-attach.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
 from tightwad.agent.binaries import BinaryKind, BinaryLocator
+from tightwad.agent.convert import model_facts_to_proto
 from tightwad.agent.engine.core import Engine, EngineConfig
 from tightwad.agent.engine.service import EngineRegistry, EngineServicer
 from tightwad.agent.inventory import CommandRunner, SubprocessRunner
-from tightwad.agent.node_service import LoadDefaults, Node, NodeServiceServicer
+from tightwad.agent.node_service import (
+    LoadDefaults,
+    Node,
+    NodeServiceServicer,
+    inventory_message,
+)
 from tightwad.agent.processes import Supervisor, SupervisorSettings
+from tightwad.clock import Clock, SystemClock
 from tightwad.logs import get_logger
-from tightwad.rpc import GrpcServer, ServiceRegistration
-from tightwad.v1 import agent_pb2, agent_pb2_grpc, engine_pb2, engine_pb2_grpc
+from tightwad.rpc import GrpcServer, ServiceRegistration, client_channel
+from tightwad.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    controller_pb2,
+    controller_pb2_grpc,
+    engine_pb2,
+    engine_pb2_grpc,
+)
 
-__all__ = ["AgentServer", "AgentSettings"]
+__all__ = ["PROTOCOL_VERSION", "AgentServer", "AgentSettings", "ControllerLink"]
 
 log = get_logger("tightwad.agent")
+
+# The Tightwad wire protocol this agent speaks (the controller refuses another major).
+PROTOCOL_VERSION = "1"
+_ENGINE_TOKEN_ENV = "TIGHTWAD_ENGINE_TOKEN"  # tightwad.agent.engine_host.TOKEN_ENV
+_REFUSED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION})
+
+
+class _StreamEnded(Exception):
+    """The controller ended the Register stream (restart, shutdown): reconnect."""
 
 
 @dataclass(frozen=True, slots=True)
 class AgentSettings:
-    """How to run one agent. ``node_service=False`` serves the Engine service alone."""
+    """How to run one agent. ``node_service=False`` serves the Engine service alone.
+
+    ``controller``: the controller's address to register with (None: stand alone);
+    ``advertise``: the address the controller and gateway dial this agent on (default: the
+    bound listen address).
+    """
 
     listen: str = "127.0.0.1:50061"
     token: str | None = None
@@ -44,23 +84,42 @@ class AgentSettings:
     load_defaults: LoadDefaults = field(default_factory=LoadDefaults)
     runner: CommandRunner | None = None
     stop_grace_s: float = 5.0
+    controller: str | None = None
+    advertise: str | None = None
+    heartbeat_refresh_s: float = 30.0
 
 
 class AgentServer:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.registry = EngineRegistry()
-        self.supervisor = Supervisor(settings.binaries, settings=settings.supervisor)
-        self.node = Node(
-            supervisor=self.supervisor,
-            registry=self.registry,
-            runner=settings.runner or SubprocessRunner(),
-            model_dirs=settings.model_dirs,
-            llama_server=lambda: settings.binaries.try_find(BinaryKind.LLAMA_SERVER),
-            load_defaults=settings.load_defaults,
-        )
+        self.node: Node | None = None
+        if settings.node_service:
+            engine_env = {_ENGINE_TOKEN_ENV: settings.token} if settings.token else {}
+            supervisor = Supervisor(
+                settings.binaries,
+                settings=settings.supervisor,
+                engine_env=engine_env,
+                devices=lambda device_id: self.node.device(device_id) if self.node else None,
+            )
+            self.node = Node(
+                supervisor=supervisor,
+                registry=self.registry,
+                runner=settings.runner or SubprocessRunner(),
+                model_dirs=settings.model_dirs,
+                llama_server=lambda: settings.binaries.try_find(BinaryKind.LLAMA_SERVER),
+                load_defaults=settings.load_defaults,
+            )
+        self.link: ControllerLink | None = None
+        self._link_task: asyncio.Task[None] | None = None
         self._server: GrpcServer | None = None
         self._stopped = asyncio.Event()
+
+    @property
+    def supervisor(self) -> Supervisor:
+        if self.node is None:
+            raise RuntimeError("an engine-only agent has no supervisor")
+        return self.node.supervisor
 
     @property
     def address(self) -> str:
@@ -75,7 +134,7 @@ class AgentServer:
                 add=engine_pb2_grpc.add_EngineServiceServicer_to_server,
             )
         ]
-        if self.settings.node_service:
+        if self.node is not None:
             services.append(
                 ServiceRegistration(
                     name=agent_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
@@ -91,11 +150,22 @@ class AgentServer:
         services: Sequence[ServiceRegistration] = self._services()
         self._server = GrpcServer(services, address=self.settings.listen, token=self.settings.token)
         await self._server.start()
+        if self.settings.controller and self.node is not None:
+            self.link = ControllerLink(
+                self.node,
+                controller=self.settings.controller,
+                node_id=self.settings.name,
+                advertise=self.settings.advertise or self.address,
+                token=self.settings.token,
+                refresh_s=self.settings.heartbeat_refresh_s,
+            )
+            self._link_task = asyncio.create_task(self.link.run(), name="controller-link")
         log.info(
             "agent_started",
             name=self.settings.name,
             address=self.address,
             engines=len(self.settings.engines),
+            controller=self.settings.controller or "",
         )
         return self.address
 
@@ -104,10 +174,136 @@ class AgentServer:
         await self._stopped.wait()
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self._link_task is not None:
+            self._link_task.cancel()
+            await asyncio.gather(self._link_task, return_exceptions=True)
+            self._link_task = None
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
-        await self.node.close(self.settings.stop_grace_s)
+        if self.node is not None:
+            await self.node.close(self.settings.stop_grace_s)
         await self.registry.close()
         self._stopped.set()
         log.info("agent_stopped", name=self.settings.name)
+
+
+class ControllerLink:
+    """This agent's registration and heartbeat stream to the controller (see the module
+    docstring). ``run()`` until cancelled; ``attached`` tells whether a stream is up."""
+
+    def __init__(
+        self,
+        node: Node,
+        *,
+        controller: str,
+        node_id: str,
+        advertise: str,
+        token: str | None,
+        refresh_s: float = 30.0,
+        clock: Clock | None = None,
+        max_backoff_s: float = 10.0,
+    ) -> None:
+        self._node = node
+        self._controller = controller
+        self._node_id = node_id
+        self._advertise = advertise
+        self._token = token
+        self._refresh_s = refresh_s
+        self._clock: Clock = clock or SystemClock()
+        self._max_backoff_s = max_backoff_s
+        self.attached = asyncio.Event()
+        self.sessions = 0
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self._session()
+            except grpc.aio.AioRpcError as exc:
+                failures += 1
+                level = log.error if exc.code() in _REFUSED else log.warning
+                level(
+                    "controller_link_failed",
+                    controller=self._controller,
+                    code=exc.code().name,
+                    details=exc.details(),
+                )
+            except (_StreamEnded, TimeoutError) as exc:
+                failures = 1 if self.attached.is_set() else failures + 1
+                log.warning("controller_link_lost", controller=self._controller, reason=str(exc))
+            finally:
+                self.attached.clear()
+            await asyncio.sleep(min(self._max_backoff_s, 0.5 * 2.0 ** min(failures, 5)))
+
+    async def _hello(self) -> controller_pb2.RegisterRequest:
+        inventory = await inventory_message(self._node, refresh=True)
+        models, errors = await self._node.model_files(())
+        for error in errors:
+            log.warning("model_file_unreadable", path=str(error.path), reason=error.reason)
+        return controller_pb2.RegisterRequest(
+            hello=controller_pb2.AgentHello(
+                node_id=self._node_id,
+                join_token=self._token or "",
+                address=self._advertise,
+                inventory=inventory,
+                models=[model_facts_to_proto(m) for m in models],
+                protocol_version=PROTOCOL_VERSION,
+            )
+        )
+
+    async def _session(self) -> None:
+        outbox: asyncio.Queue[controller_pb2.RegisterRequest] = asyncio.Queue()
+        await outbox.put(await self._hello())
+
+        async def requests() -> AsyncIterator[controller_pb2.RegisterRequest]:
+            while True:
+                yield await outbox.get()
+
+        async with client_channel(self._controller, token=self._token) as channel:
+            call = controller_pb2_grpc.ControllerServiceStub(channel).Register(requests())
+            tasks: list[asyncio.Task[None]] = []
+            try:
+                first = await asyncio.wait_for(call.read(), timeout=30.0)
+                if first is grpc.aio.EOF or not first.HasField("welcome"):
+                    raise _StreamEnded("the controller closed the stream without a welcome")
+                interval = max(first.welcome.heartbeat_interval_ms / 1000.0, 0.05)
+                self.sessions += 1
+                self.attached.set()
+                log.info("controller_attached", controller=self._controller, node=self._node_id)
+                tasks = [
+                    asyncio.create_task(self._drain(call), name="controller-link-read"),
+                    asyncio.create_task(self._beat(outbox, interval), name="controller-link-beat"),
+                ]
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # the reason the session ended
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                call.cancel()
+
+    async def _drain(self, call: grpc.aio.StreamStreamCall) -> None:
+        """Read acknowledgements; the stream's end or error ends the session."""
+        while True:
+            if await call.read() is grpc.aio.EOF:
+                raise _StreamEnded("the controller ended the Register stream")
+
+    async def _beat(
+        self, outbox: asyncio.Queue[controller_pb2.RegisterRequest], interval: float
+    ) -> None:
+        changes = self._node.supervisor.changes
+        version = changes.version
+        next_refresh = self._clock.monotonic() + self._refresh_s
+        while True:
+            version = await changes.wait(version, interval)
+            refresh = self._clock.monotonic() >= next_refresh
+            if refresh:
+                next_refresh = self._clock.monotonic() + self._refresh_s
+            inventory = await inventory_message(self._node, refresh=refresh)
+            await outbox.put(
+                controller_pb2.RegisterRequest(
+                    heartbeat=controller_pb2.Heartbeat(time=self._clock.time(), inventory=inventory)
+                )
+            )

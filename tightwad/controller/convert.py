@@ -79,6 +79,7 @@ PROCESS_STATES_TO_PROTO = {v: k for k, v in _PROCESS_STATES.items()}
 _KINDS = {
     agent_pb2.PROCESS_KIND_RPC_SERVER: ProcessKind.RPC_SERVER,
     agent_pb2.PROCESS_KIND_LLAMA_SERVER: ProcessKind.LLAMA_SERVER,
+    agent_pb2.PROCESS_KIND_ENGINE_HOST: ProcessKind.ENGINE_HOST,
 }
 KINDS_TO_PROTO = {v: k for k, v in _KINDS.items()}
 
@@ -93,6 +94,8 @@ def process_from_proto(msg: agent_pb2.ProcessStatus) -> ProcessView:
         healthy=msg.healthy,
         device_ids=tuple(msg.spec.device_ids),
         message=msg.message,
+        pid=msg.pid,
+        restarts=msg.restarts,
     )
 
 
@@ -152,6 +155,8 @@ def _process_to_proto(p: ProcessView) -> agent_pb2.ProcessStatus:
         port=p.port,
         healthy=p.healthy,
         message=p.message,
+        pid=p.pid,
+        restarts=p.restarts,
     )
 
 

@@ -40,9 +40,10 @@ from tightwad.controller.placement import (
 )
 from tightwad.controller.reconcile import (
     Action,
-    LoadEngine,
+    EngineHostDefaults,
     MarkState,
     Replan,
+    StartEngineHost,
     StartLlamaServer,
     StartRpcServer,
     StopProcess,
@@ -90,6 +91,7 @@ class Controller:
         *,
         executor: Executor | None = None,
         options: PlacementOptions = PlacementOptions(),  # noqa: B008 - frozen value
+        rpc_port_base: int = RPC_PORT_BASE,
     ) -> None:
         self.config = config
         self.store = store
@@ -109,6 +111,7 @@ class Controller:
             allow_public_bind=config.cluster.allow_public_bind,
         )
         self.options = options
+        self.rpc_port_base = rpc_port_base
         self._deployments = {d.deployment_id: d for d in store.load_deployments()}
         self._backoff: dict[DeploymentId, Backoff] = {}
         self._inflight: dict[DeploymentId, asyncio.Task[None]] = {}
@@ -168,9 +171,26 @@ class Controller:
                 out[node.node_id] = facts
         return out
 
+    def rpc_ports(self) -> dict[tuple[NodeId, str], int]:
+        """Where each device's rpc-server listens: ``rpc_port_base`` onwards, one port per
+        device of every known node *sharing that host address* (by node id, then device id),
+        so two agents on one host never plan the same port. Known nodes, not only READY ones,
+        so a node going away does not move the ports of the others."""
+        ports: dict[tuple[NodeId, str], int] = {}
+        next_port: dict[str, int] = {}
+        for node in self.registry.nodes():
+            for device in sorted(node.devices, key=lambda d: d.id):
+                port = next_port.get(node.rpc_host, self.rpc_port_base)
+                ports[(node.node_id, device.id)] = port
+                next_port[node.rpc_host] = port + 1
+        return ports
+
     def candidates(self, reclaim: Placement | None = None) -> list[Candidate]:
-        """READY nodes' devices; ``reclaim``'s own bytes count as free (it will be reloaded)."""
+        """READY nodes' devices; ``reclaim``'s own bytes count as free (it will be reloaded).
+        A device whose rpc-server is crash-looping or failed is left out: re-planning puts its
+        layers elsewhere (its agent reported why)."""
         states = self.node_states()
+        ports = self.rpc_ports()
         given_back: dict[tuple[NodeId, str], int] = {}
         if reclaim is not None:
             for a in reclaim.assignments:
@@ -179,7 +199,15 @@ class Controller:
         for node in self.registry.nodes():
             if states.get(node.node_id) is not NodeState.READY:
                 continue
-            for position, device in enumerate(sorted(node.devices, key=lambda d: d.id)):
+            broken = {
+                d
+                for p in node.processes
+                if p.name.startswith("rpc-") and p.state in ("crash_loop", "failed")
+                for d in p.device_ids
+            }
+            for device in sorted(node.devices, key=lambda d: d.id):
+                if device.id in broken:
+                    continue
                 extra = given_back.get((node.node_id, device.id), 0)
                 if extra:
                     device = replace(
@@ -189,7 +217,8 @@ class Controller:
                             device.memory_free_bytes + extra,
                         ),
                     )
-                out.append(Candidate(node.node_id, device, node.rpc_host, RPC_PORT_BASE + position))
+                port = ports[(node.node_id, device.id)]
+                out.append(Candidate(node.node_id, device, node.rpc_host, port))
         return out
 
     def plan(self, spec: DeploymentSpec, reclaim: Placement | None = None) -> tuple[Placement, str]:
@@ -328,8 +357,17 @@ class Controller:
     def decide(self) -> list[Action]:
         """What one sync would do now (pure: reads state, changes nothing)."""
         nodes = {n.node_id: n for n in self.registry.nodes()}
+        engine = EngineHostDefaults(
+            max_sessions=self.config.engine.max_sessions,
+            threads=self.config.engine.threads or 0,
+            batch_size=self.config.engine.batch_size,
+        )
         return reconcile(
-            self.deployments(), nodes, self.clock.time(), timeout_s=self.registry.timeout_s
+            self.deployments(),
+            nodes,
+            self.clock.time(),
+            timeout_s=self.registry.timeout_s,
+            engine=engine,
         )
 
     async def sync_once(self) -> None:
@@ -452,12 +490,26 @@ class Controller:
                 )
             case UnloadEngine():
                 await self.executor.unload_engine(action)
-            case LoadEngine():
-                await self.executor.load_engine(action)
+            case StartEngineHost():
+                view = await self.executor.start_engine_host(action)
                 self._loaded(action.deployment_id, action.generation)
+                self.events.append(
+                    "engine_host_started",
+                    f"engine host {action.name} on node {action.node_id} serves at "
+                    f"{view.host}:{view.port}",
+                    node_id=action.node_id,
+                    deployment_id=action.deployment_id,
+                )
             case StartLlamaServer():
-                await self.executor.start_llama_server(action)
+                view = await self.executor.start_llama_server(action)
                 self._loaded(action.deployment_id, action.generation)
+                self.events.append(
+                    "llama_server_started",
+                    f"llama-server {action.name} on node {action.node_id} serves at "
+                    f"{view.host}:{view.port}",
+                    node_id=action.node_id,
+                    deployment_id=action.deployment_id,
+                )
             case MarkState():
                 self._mark(action)
             case Replan():

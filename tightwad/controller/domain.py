@@ -42,6 +42,7 @@ class NodeState(enum.StrEnum):
 class ProcessKind(enum.StrEnum):
     RPC_SERVER = "rpc_server"
     LLAMA_SERVER = "llama_server"
+    ENGINE_HOST = "engine_host"
     UNKNOWN = "unknown"
 
 
@@ -57,6 +58,8 @@ class ProcessView:
     healthy: bool = False
     device_ids: tuple[str, ...] = ()
     message: str = ""
+    pid: int = 0
+    restarts: int = 0
 
     @property
     def alive(self) -> bool:

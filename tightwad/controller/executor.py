@@ -1,6 +1,10 @@
 """Carries out node actions of a sync through the agents' ``NodeService``.
 
 Every call has a deadline; statuses come back as our error tree (``translate_rpc_error``).
+A started process counts as done only once it is running and healthy (its agent waits for
+that); one that settled in backoff or a crash loop is an ``UnavailableError`` (retried with
+backoff), one that could not be spawned at all a ``ModelLoadError`` (permanent).
+
 Idempotent by construction: starting a process that already exists (ALREADY_EXISTS) or
 stopping/unloading one that is gone (NOT_FOUND) counts as done. What an action did is recorded
 in the registry at once (``Registry.observe``), ahead of the agent's next heartbeat, so the
@@ -12,22 +16,21 @@ protocol has no authentication, so never a public interface unless the cluster f
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 import grpc
 
-from tightwad.controller.convert import engine_from_proto, process_from_proto
-from tightwad.controller.domain import EngineView, ProcessView
+from tightwad.controller.convert import process_from_proto
+from tightwad.controller.domain import ProcessView
 from tightwad.controller.reconcile import (
-    LoadEngine,
+    StartEngineHost,
     StartLlamaServer,
     StartRpcServer,
     StopProcess,
     UnloadEngine,
 )
 from tightwad.controller.registry import Registry
-from tightwad.errors import ConflictError, DeadlineError, NotFoundError
+from tightwad.errors import ConflictError, ModelLoadError, NotFoundError, UnavailableError
 from tightwad.logs import get_logger
 from tightwad.rpc import client_channel, translate_rpc_error
 from tightwad.v1 import agent_pb2, agent_pb2_grpc
@@ -41,7 +44,6 @@ log = get_logger("tightwad.controller.executor")
 class ExecutorTimeouts:
     start_process_s: float = 120.0
     stop_process_s: float = 60.0
-    load_model_s: float = 1800.0
     call_s: float = 30.0
 
 
@@ -71,9 +73,6 @@ class Executor:
             self._channels[address] = channel
         return agent_pb2_grpc.NodeServiceStub(channel)
 
-    def _metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self._token}"),) if self._token else ()
-
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}
         for channel in channels:
@@ -94,10 +93,15 @@ class Executor:
     async def start_llama_server(self, a: StartLlamaServer) -> ProcessView:
         node = self._registry.get(a.node_id)
         spec = agent_pb2.ProcessSpec(
-            name=a.name,
-            kind=agent_pb2.PROCESS_KIND_LLAMA_SERVER,
-            port=a.port,
-            args=list(a.args),
+            name=a.name, kind=agent_pb2.PROCESS_KIND_LLAMA_SERVER, args=list(a.args)
+        )
+        return await self._start(node.node_id, node.address, spec)
+
+    async def start_engine_host(self, a: StartEngineHost) -> ProcessView:
+        """Start the engine host and wait until its engine is loaded and serving."""
+        node = self._registry.get(a.node_id)
+        spec = agent_pb2.ProcessSpec(
+            name=a.name, kind=agent_pb2.PROCESS_KIND_ENGINE_HOST, args=list(a.args)
         )
         return await self._start(node.node_id, node.address, spec)
 
@@ -123,6 +127,11 @@ class Executor:
             view = process_from_proto(reply.status)
         self._registry.observe(node_id, process=view)  # type: ignore[arg-type]
         log.info("process_started", node=node_id, name=spec.name, state=view.state)
+        if view.state != "running" or not view.healthy:
+            why = f"{what}: it is {view.state.replace('_', ' ')}: {view.message}"
+            if view.state == "failed":  # it could not be spawned: no retry will help
+                raise ModelLoadError(why)
+            raise UnavailableError(why)
         return view
 
     async def stop_process(self, a: StopProcess) -> None:
@@ -138,45 +147,6 @@ class Executor:
             self._registry.observe(a.node_id, removed_process=a.name)
             return
         self._registry.observe(a.node_id, process=process_from_proto(reply.status))
-
-    async def load_engine(self, a: LoadEngine) -> EngineView:
-        node = self._registry.get(a.node_id)
-        request = agent_pb2.LoadModelRequest(
-            model=a.model,
-            path=a.path,
-            ctx_size=a.ctx_size,
-            gpu_layers=a.n_gpu_layers,
-            devices=list(a.devices),
-            tensor_split=list(a.tensor_split),
-        )
-        what = f"load {a.model} on node {a.node_id}"
-        loaded: agent_pb2.EngineStatus | None = None
-        try:
-            async with asyncio.timeout(self._timeouts.load_model_s):
-                # Token passed by hand: rpc.client_channel's interceptor misses streaming calls.
-                stream = self._stub(node.address).LoadModel(request, metadata=self._metadata())
-                async for event in stream:
-                    if event.HasField("loaded"):
-                        loaded = event.loaded
-                    elif event.HasField("progress"):
-                        log.debug(
-                            "load_progress",
-                            node=a.node_id,
-                            model=a.model,
-                            stage=event.progress.stage,
-                            fraction=event.progress.fraction,
-                        )
-        except grpc.aio.AioRpcError as exc:
-            raise translate_rpc_error(exc, what) from exc
-        except TimeoutError as exc:
-            raise DeadlineError(
-                f"{what}: not loaded within {self._timeouts.load_model_s:g} s"
-            ) from exc
-        if loaded is None:
-            raise NotFoundError(f"{what}: the agent ended the load without a loaded engine")
-        view = engine_from_proto(loaded)
-        self._registry.observe(a.node_id, engine=view)
-        return view
 
     async def unload_engine(self, a: UnloadEngine) -> None:
         node = self._registry.get(a.node_id)

@@ -5,22 +5,33 @@ order to do it; :mod:`tightwad.controller.executor` and the controller carry it 
 a sync again on an unchanged world returns the same actions, and a world that already matches
 (e.g. after a controller restart with everything still running) returns none.
 
+A deployment is served by one *server process* on its coordinator: an engine host
+(``engine-<id>``, :mod:`tightwad.agent.engine_host`: the embedded engine, pooled over the
+rpc-servers, so the gateway can speculate over the pool) or a ``llama-server`` (``llama-<id>``).
+Either listens on a port its agent allocates; the route is that process's ``host:port``.
+
 Rules, per deployment that should run (``desired_running``) and has a fitting placement:
 
 1. a node of its placement UNREACHABLE, DRAINING or gone -> ``MarkState(DEGRADED)`` and
    ``Replan`` (planning only uses READY nodes); a NOT_READY node -> wait (no action);
-2. an rpc-server it needs that is missing or stopped -> ``StartRpcServer``; one that is dead
-   (backoff, crash loop, failed) after the model was loaded -> DEGRADED + ``Replan`` (the
-   model's tensors on it are gone, so the coordinator must reload);
-3. all rpc-servers alive and the load of the current generation not done -> unload the stale
-   engine / stop the stale llama-server, then ``LoadEngine`` or ``StartLlamaServer``;
-4. loaded and healthy but not marked SERVING -> ``MarkState(SERVING)`` with the route; loaded
-   but the engine or llama-server is gone or unhealthy -> DEGRADED and a reload.
+2. an rpc-server it needs:
+   - missing or stopped -> ``StartRpcServer`` (listening on another port than planned: stop
+     it first); gone after the model was loaded -> DEGRADED + ``Replan``;
+   - restarting (backoff) after the model was loaded -> DEGRADED + ``Replan``: the tensors the
+     server held are gone with it, so the server process must reload; before the load -> wait
+     for its agent to bring it back;
+   - crash loop or failed -> DEGRADED + ``Replan``; planning leaves that device out;
+3. all rpc-servers up and the current generation not loaded -> stop the stale server process,
+   then ``StartEngineHost`` or ``StartLlamaServer`` (started and waited healthy by its agent);
+4. loaded, its server process running and healthy -> ``MarkState(SERVING)`` with the route;
+   starting or restarting (its agent restarts it) -> DEGRADED with the reason, and wait;
+   gone, crash-looping or failed -> DEGRADED, stop it, start it again.
 
 A deployment without a placement, or with a refused one, gets ``Replan``. A stopping
-deployment gets its engine or llama-server removed, then ``MarkState(STOPPED)``. Finally,
-controller-owned processes (``rpc-*``, ``llama-dep-*``) that no running deployment needs are
-stopped (garbage collection), on READY nodes only.
+deployment gets its server process (and any engine loaded inside its coordinator's agent)
+removed, then ``MarkState(STOPPED)``. Finally, controller-owned processes (``rpc-*``,
+``engine-dep-*``, ``llama-dep-*``) that no running deployment needs are stopped (garbage
+collection), on READY nodes only.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from tightwad.controller.domain import (
     NodeRecord,
     NodeState,
     ProcessKind,
+    ProcessView,
     RouteInfo,
     ServeMode,
 )
@@ -43,22 +55,28 @@ from tightwad.controller.registry import node_states
 
 __all__ = [
     "Action",
-    "LoadEngine",
+    "EngineHostDefaults",
     "MarkState",
     "Replan",
+    "StartEngineHost",
     "StartLlamaServer",
     "StartRpcServer",
     "StopProcess",
     "UnloadEngine",
+    "engine_host_args",
+    "engine_host_name",
     "llama_server_args",
     "llama_server_name",
     "reconcile",
     "rpc_server_name",
+    "server_process_name",
 ]
 
-_DEAD = frozenset({"backoff", "crash_loop", "failed"})
+_RESTARTING = frozenset({"backoff"})
+_BROKEN = frozenset({"crash_loop", "failed"})
+_DEAD = _RESTARTING | _BROKEN
 _GONE = frozenset({"stopped", "stopping"})
-LLAMA_PORT_BASE = 8180
+_OWNED_PREFIXES = ("llama-dep-", "engine-dep-")
 
 
 def rpc_server_name(device_id: DeviceId | str) -> str:
@@ -67,6 +85,26 @@ def rpc_server_name(device_id: DeviceId | str) -> str:
 
 def llama_server_name(deployment_id: DeploymentId) -> str:
     return f"llama-{deployment_id}"
+
+
+def engine_host_name(deployment_id: DeploymentId) -> str:
+    return f"engine-{deployment_id}"
+
+
+def server_process_name(dep: Deployment) -> str:
+    """The process that serves ``dep`` on its coordinator."""
+    if dep.spec.serve_mode is ServeMode.ENGINE:
+        return engine_host_name(dep.deployment_id)
+    return llama_server_name(dep.deployment_id)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineHostDefaults:
+    """Engine settings a deployment spec does not carry (the cluster file's ``engine``)."""
+
+    max_sessions: int = 4
+    threads: int = 0
+    batch_size: int = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,23 +126,22 @@ class StopProcess:
 
 
 @dataclass(frozen=True, slots=True)
-class LoadEngine:
+class UnloadEngine:
+    """Unload a model from the coordinator agent's own engine (deployments made before engine
+    hosts loaded it there)."""
+
     deployment_id: DeploymentId
     node_id: NodeId
     model: str
-    path: str
-    ctx_size: int
-    devices: tuple[str, ...]
-    tensor_split: tuple[float, ...]
-    n_gpu_layers: int
-    generation: int
 
 
 @dataclass(frozen=True, slots=True)
-class UnloadEngine:
+class StartEngineHost:
     deployment_id: DeploymentId
     node_id: NodeId
-    model: str
+    name: str
+    args: tuple[str, ...]
+    generation: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +149,6 @@ class StartLlamaServer:
     deployment_id: DeploymentId
     node_id: NodeId
     name: str
-    port: int
     args: tuple[str, ...]
     generation: int
 
@@ -132,20 +168,30 @@ class Replan:
 
 
 Action = (
-    StartRpcServer | StopProcess | LoadEngine | UnloadEngine | StartLlamaServer | MarkState | Replan
+    StartRpcServer
+    | StopProcess
+    | UnloadEngine
+    | StartEngineHost
+    | StartLlamaServer
+    | MarkState
+    | Replan
 )
 
 
-def llama_server_args(dep: Deployment, placement: Placement, port: int) -> tuple[str, ...]:
-    """llama-server's command line for a pooled deployment (the agent adds the binary)."""
+def _rpc_endpoints(placement: Placement) -> list[str]:
+    return [a.ggml_device[4:-1] for a in placement.rpc_assignments]
+
+
+def llama_server_args(dep: Deployment, placement: Placement) -> tuple[str, ...]:
+    """llama-server's command line for a pooled deployment (the agent adds the binary, host
+    and port)."""
     args = [
         "--model", dep.model_path, "--alias", dep.spec.model,
         "--ctx-size", str(dep.spec.ctx_size),
-        "--port", str(port),
         "-ngl", str(placement.n_gpu_layers),
         "--cache-type-k", dep.spec.kv_type, "--cache-type-v", dep.spec.kv_type,
     ]  # fmt: skip
-    rpc = [a.ggml_device[4:-1] for a in placement.rpc_assignments]
+    rpc = _rpc_endpoints(placement)
     if rpc:
         args += ["--rpc", ",".join(rpc)]
     if placement.devices:
@@ -156,14 +202,32 @@ def llama_server_args(dep: Deployment, placement: Placement, port: int) -> tuple
     return tuple(args)
 
 
-def _route(dep: Deployment, coord: NodeRecord, port: int) -> RouteInfo:
+def engine_host_args(
+    dep: Deployment, placement: Placement, defaults: EngineHostDefaults
+) -> tuple[str, ...]:
+    """The engine host's command line (:mod:`tightwad.agent.engine_host`; the agent adds the
+    interpreter and ``--listen``). Its KV cache is f16 with flash attention (exact verify)."""
+    args = [
+        "--model", dep.model_path, "--model-id", dep.spec.model,
+        "--ctx-size", str(dep.spec.ctx_size),
+        "--max-sessions", str(defaults.max_sessions),
+        "--batch-size", str(defaults.batch_size),
+        "--gpu-layers", str(placement.n_gpu_layers),
+    ]  # fmt: skip
+    if defaults.threads:
+        args += ["--threads", str(defaults.threads)]
+    if placement.devices:
+        args += ["--devices", ",".join(placement.devices)]
+        args += ["--tensor-split", ",".join(f"{f:g}" for f in placement.tensor_split)]
+    return tuple(args)
+
+
+def _route(dep: Deployment, coord: NodeRecord, proc: ProcessView) -> RouteInfo:
+    host = proc.host or coord.rpc_host
+    where = f"[{host}]:{proc.port}" if ":" in host else f"{host}:{proc.port}"
     if dep.spec.serve_mode is ServeMode.ENGINE:
-        return RouteInfo(dep.spec.model, engine_address=coord.address, can_verify=True)
-    return RouteInfo(dep.spec.model, http_url=f"http://{coord.rpc_host}:{port}")
-
-
-def _llama_port(dep: Deployment) -> int:
-    return LLAMA_PORT_BASE + int.from_bytes(dep.deployment_id.encode()[-2:], "big") % 500
+        return RouteInfo(dep.spec.model, engine_address=where, can_verify=True)
+    return RouteInfo(dep.spec.model, http_url=f"http://{where}")
 
 
 def _mark(
@@ -174,8 +238,52 @@ def _mark(
     return [MarkState(dep.deployment_id, state, message, route)]
 
 
+def _degrade(dep: Deployment, why: str) -> list[Action]:
+    return [*_mark(dep, DeploymentState.DEGRADED, why), Replan(dep.deployment_id, why)]
+
+
+def _rpc_actions(
+    dep: Deployment, placement: Placement, nodes: Mapping[NodeId, NodeRecord], loaded: bool
+) -> tuple[list[Action], bool]:
+    """Actions for the rpc-servers, and whether the deployment must wait for them."""
+    actions: list[Action] = []
+    wait = False
+    for a in placement.rpc_assignments:
+        name = rpc_server_name(a.device_id)
+        rpc_host, rpc_port = a.ggml_device[4:-1].rsplit(":", 1)
+        proc = nodes[a.node_id].process(name)
+        where = f"rpc-server {name} on node {a.node_id}"
+        if proc is not None and proc.state not in _GONE and proc.port != int(rpc_port):
+            actions.append(
+                StopProcess(dep.deployment_id, a.node_id, name, f"planned on port {rpc_port}")
+            )
+            proc = None
+        if proc is None or proc.state in _GONE:
+            if loaded:
+                return _degrade(dep, f"{where} is gone"), True
+            actions.append(
+                StartRpcServer(
+                    dep.deployment_id, a.node_id, a.device_id, name, rpc_host, int(rpc_port)
+                )
+            )
+        elif proc.state in _DEAD:
+            if proc.state in _RESTARTING and not loaded:
+                wait = True  # its agent brings it back; nothing was loaded on it yet
+                continue
+            why = f"{where} is {proc.state.replace('_', ' ')}"
+            if proc.message:
+                why += f": {proc.message}"
+            return _degrade(dep, why), True
+        elif proc.state == "starting":
+            wait = True
+    return actions, wait
+
+
 def reconcile_one(
-    dep: Deployment, nodes: Mapping[NodeId, NodeRecord], states: Mapping[NodeId, NodeState]
+    dep: Deployment,
+    nodes: Mapping[NodeId, NodeRecord],
+    states: Mapping[NodeId, NodeState],
+    engine: EngineHostDefaults = EngineHostDefaults(),
 ) -> list[Action]:
     """The actions for one deployment (see the module docstring)."""
     if not dep.desired_running:
@@ -189,90 +297,50 @@ def reconcile_one(
         state = states.get(node_id)
         if state in (None, NodeState.UNREACHABLE, NodeState.DRAINING):
             why = f"node {node_id} is {state.value.replace('_', ' ') if state else 'gone'}"
-            return [*_mark(dep, DeploymentState.DEGRADED, why), Replan(dep.deployment_id, why)]
+            return _degrade(dep, why)
     if any(states.get(n) is NodeState.NOT_READY for n in placement.node_ids):
         return []  # an agent is re-attaching: wait for it before judging its processes
     coord = nodes[placement.coordinator]
     loaded = dep.loaded_generation == dep.generation
-    starts: list[Action] = []
-    for a in placement.rpc_assignments:
-        name = rpc_server_name(a.device_id)
-        proc = nodes[a.node_id].process(name)
-        if proc is None or proc.state in _GONE:
-            if loaded:
-                why = f"rpc-server {name} on node {a.node_id} is gone"
-                return [*_mark(dep, DeploymentState.DEGRADED, why), Replan(dep.deployment_id, why)]
-            rpc_host, rpc_port = a.ggml_device[4:-1].rsplit(":", 1)
-            starts.append(
-                StartRpcServer(
-                    dep.deployment_id, a.node_id, a.device_id, name, rpc_host, int(rpc_port)
-                )
-            )
-        elif proc.state in _DEAD:
-            why = f"rpc-server {name} on node {a.node_id} is {proc.state.replace('_', ' ')}"
+    rpc, wait = _rpc_actions(dep, placement, nodes, loaded)
+    if any(isinstance(a, Replan) for a in rpc):
+        return rpc
+    if any(isinstance(a, StartRpcServer) for a in rpc):
+        return [*_mark(dep, DeploymentState.STARTING, "starting rpc-servers"), *rpc]
+    if rpc or wait:
+        return rpc
+    name = server_process_name(dep)
+    proc = coord.process(name)
+    what = "engine host" if dep.spec.serve_mode is ServeMode.ENGINE else "llama-server"
+    if loaded and proc is not None:
+        if proc.state == "running" and proc.healthy:
+            return _mark(dep, DeploymentState.SERVING, "serving", _route(dep, coord, proc))
+        if proc.state in ("starting", "backoff", "running"):  # its agent is on it: wait
+            how = "not healthy" if proc.state == "running" else "restarting"
+            why = f"{what} {name} on node {coord.node_id} is {how}"
             if proc.message:
                 why += f": {proc.message}"
-            return [*_mark(dep, DeploymentState.DEGRADED, why), Replan(dep.deployment_id, why)]
-    if starts:
-        return [*_mark(dep, DeploymentState.STARTING, "starting rpc-servers"), *starts]
-    port = _llama_port(dep)
-    route = _route(dep, coord, port)
-    if dep.spec.serve_mode is ServeMode.ENGINE:
-        engine = coord.engine(dep.spec.model)
-        if loaded and engine is not None and engine.ready:
-            return _mark(dep, DeploymentState.SERVING, "serving", route)
-        actions: list[Action] = []
-        if loaded:  # it was loaded, and is no more: say so, then reload
-            actions += _mark(
-                dep,
-                DeploymentState.DEGRADED,
-                f"engine {dep.spec.model} on node {coord.node_id} is not ready",
-            )
-        elif dep.state is not DeploymentState.STARTING:
-            actions += _mark(dep, DeploymentState.STARTING, "loading the model")
-        if engine is not None:
-            actions.append(UnloadEngine(dep.deployment_id, coord.node_id, dep.spec.model))
-        actions.append(
-            LoadEngine(
-                dep.deployment_id,
-                coord.node_id,
-                dep.spec.model,
-                dep.model_path,
-                dep.spec.ctx_size,
-                placement.devices,
-                placement.tensor_split,
-                placement.n_gpu_layers,
-                dep.generation,
-            )
-        )
-        return actions
-    name = llama_server_name(dep.deployment_id)
-    proc = coord.process(name)
-    if loaded and proc is not None and proc.state == "running" and proc.healthy:
-        return _mark(dep, DeploymentState.SERVING, "serving", route)
-    if proc is not None and proc.state == "starting" and loaded:
-        return []
-    actions = []
-    if loaded:
+            return _mark(dep, DeploymentState.DEGRADED, why)
+    actions: list[Action] = []
+    if loaded:  # it was serving, and its process is gone or broken: say so, start it again
+        now = proc.state.replace("_", " ") if proc is not None else "gone"
         actions += _mark(
-            dep,
-            DeploymentState.DEGRADED,
-            f"llama-server {name} on node {coord.node_id} is not healthy",
+            dep, DeploymentState.DEGRADED, f"{what} {name} on node {coord.node_id} is {now}"
         )
     elif dep.state is not DeploymentState.STARTING:
-        actions += _mark(dep, DeploymentState.STARTING, "starting llama-server")
+        actions += _mark(dep, DeploymentState.STARTING, f"starting the {what}")
     if proc is not None and proc.state not in _GONE:
-        actions.append(StopProcess(dep.deployment_id, coord.node_id, name, "restart"))
-    actions.append(
-        StartLlamaServer(
-            dep.deployment_id,
-            coord.node_id,
-            name,
-            port,
-            llama_server_args(dep, placement, port),
-            dep.generation,
+        actions.append(StopProcess(dep.deployment_id, coord.node_id, name, "reload"))
+    if dep.spec.serve_mode is ServeMode.ENGINE:
+        args = engine_host_args(dep, placement, engine)
+        actions.append(
+            StartEngineHost(dep.deployment_id, coord.node_id, name, args, dep.generation)
         )
-    )
+    else:
+        args = llama_server_args(dep, placement)
+        actions.append(
+            StartLlamaServer(dep.deployment_id, coord.node_id, name, args, dep.generation)
+        )
     return actions
 
 
@@ -287,7 +355,7 @@ def _reconcile_stop(
     if coord is not None and states.get(coord.node_id) not in (None, NodeState.UNREACHABLE):
         if coord.engine(dep.spec.model) is not None and dep.spec.serve_mode is ServeMode.ENGINE:
             actions.append(UnloadEngine(dep.deployment_id, coord.node_id, dep.spec.model))
-        name = llama_server_name(dep.deployment_id)
+        name = server_process_name(dep)
         proc = coord.process(name)
         if proc is not None and proc.state not in _GONE:
             actions.append(StopProcess(dep.deployment_id, coord.node_id, name, "stopped"))
@@ -298,21 +366,21 @@ def _garbage(
     deployments: Sequence[Deployment],
     nodes: Mapping[NodeId, NodeRecord],
     states: Mapping[NodeId, NodeState],
-) -> list[Action]:
+) -> list[StopProcess]:
     needed: set[tuple[NodeId, str]] = set()
     for dep in deployments:
         if not dep.desired_running or dep.placement is None:
             continue
-        needed.add((dep.placement.coordinator or NodeId(""), llama_server_name(dep.deployment_id)))
+        needed.add((dep.placement.coordinator or NodeId(""), server_process_name(dep)))
         for a in dep.placement.rpc_assignments:
             needed.add((a.node_id, rpc_server_name(a.device_id)))
-    actions: list[Action] = []
+    actions: list[StopProcess] = []
     for node_id in sorted(nodes):
         if states.get(node_id) not in (NodeState.READY, NodeState.DRAINING):
             continue
         for proc in nodes[node_id].processes:
             owned = (proc.kind is ProcessKind.RPC_SERVER and proc.name.startswith("rpc-")) or (
-                proc.name.startswith("llama-dep-")
+                proc.name.startswith(_OWNED_PREFIXES)
             )
             if owned and proc.state not in _GONE and (node_id, proc.name) not in needed:
                 actions.append(StopProcess(None, node_id, proc.name, "no deployment needs it"))
@@ -325,11 +393,17 @@ def reconcile(
     now: float,
     *,
     timeout_s: float,
+    engine: EngineHostDefaults = EngineHostDefaults(),
 ) -> list[Action]:
     """Every action of one sync: per deployment (by id), then garbage collection."""
     states = node_states(observed.values(), now, timeout_s)
     actions: list[Action] = []
     for dep in sorted(desired, key=lambda d: d.deployment_id):
-        actions += reconcile_one(dep, observed, states)
-    # Processes of deployments that are still starting or being replanned are kept.
-    return actions + _garbage(desired, observed, states)
+        actions += reconcile_one(dep, observed, states, engine)
+    # Processes of deployments that are still starting or being replanned are kept; those a
+    # deployment's own actions already stop are not stopped twice.
+    stopping = {(a.node_id, a.name) for a in actions if isinstance(a, StopProcess)}
+    garbage: list[Action] = [
+        a for a in _garbage(desired, observed, states) if (a.node_id, a.name) not in stopping
+    ]
+    return actions + garbage

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tightwad.clock import Clock, SystemClock
 from tightwad.config import ClusterConfig
-from tightwad.controller.core import Controller
+from tightwad.controller.core import RPC_PORT_BASE, Controller
 from tightwad.controller.service import ControllerServicer
 from tightwad.controller.store import Store
 from tightwad.logs import get_logger
@@ -31,11 +31,13 @@ class ControllerServer:
         listen: str | None = None,
         state_path: Path | str | None = None,
         clock: Clock | None = None,
+        rpc_port_base: int | None = None,
     ) -> None:
         self.config = config
         self.listen = listen or f"{config.controller.host}:{config.controller.port}"
         self.state_path = state_path if state_path is not None else config.controller.state_path
         self.clock = clock or SystemClock()
+        self.rpc_port_base = rpc_port_base or RPC_PORT_BASE
         self.controller: Controller | None = None
         self._grpc: GrpcServer | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -47,7 +49,9 @@ class ControllerServer:
 
     async def start(self) -> str:
         store = Store.open(self.state_path)
-        self.controller = Controller(self.config, store, self.clock)
+        self.controller = Controller(
+            self.config, store, self.clock, rpc_port_base=self.rpc_port_base
+        )
         name = controller_pb2.DESCRIPTOR.services_by_name["ControllerService"].full_name
         self._grpc = GrpcServer(
             [

@@ -32,6 +32,12 @@ class _ProcessKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProcessKi
     PROCESS_KIND_UNSPECIFIED: _ProcessKind.ValueType  # 0
     PROCESS_KIND_RPC_SERVER: _ProcessKind.ValueType  # 1
     PROCESS_KIND_LLAMA_SERVER: _ProcessKind.ValueType  # 2
+    PROCESS_KIND_ENGINE_HOST: _ProcessKind.ValueType  # 3
+    """One embedded Engine (possibly pooled over rpc-servers) in its own process, serving the
+    Engine service on the spec's host:port; args are tightwad.agent.engine_host's (--model,
+    --model-id, --ctx-size, --gpu-layers, --devices, --tensor-split, ...). It runs apart from
+    the agent because llama.cpp aborts the whole process when an RPC peer dies mid-decode.
+    """
 
 class ProcessKind(_ProcessKind, metaclass=_ProcessKindEnumTypeWrapper):
     """Kind of supervised process."""
@@ -39,6 +45,12 @@ class ProcessKind(_ProcessKind, metaclass=_ProcessKindEnumTypeWrapper):
 PROCESS_KIND_UNSPECIFIED: ProcessKind.ValueType  # 0
 PROCESS_KIND_RPC_SERVER: ProcessKind.ValueType  # 1
 PROCESS_KIND_LLAMA_SERVER: ProcessKind.ValueType  # 2
+PROCESS_KIND_ENGINE_HOST: ProcessKind.ValueType  # 3
+"""One embedded Engine (possibly pooled over rpc-servers) in its own process, serving the
+Engine service on the spec's host:port; args are tightwad.agent.engine_host's (--model,
+--model-id, --ctx-size, --gpu-layers, --devices, --tensor-split, ...). It runs apart from
+the agent because llama.cpp aborts the whole process when an RPC peer dies mid-decode.
+"""
 Global___ProcessKind: _TypeAlias = ProcessKind  # noqa: Y015
 
 class _ProcessState:
@@ -394,7 +406,9 @@ class ProcessSpec(_message.Message):
 
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Extra command-line arguments (for llama-server: model, --rpc, --device, ...)."""
+        """Extra command-line arguments (for llama-server: model, --rpc, --device, ...; for an
+        engine host: --model, --model-id, --devices, --tensor-split, --gpu-layers, ...).
+        """
 
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:

@@ -21,6 +21,7 @@ __all__ = ["log_line_to_proto", "spec_from_proto", "spec_to_proto", "status_to_p
 _KINDS = {
     ProcessKind.RPC_SERVER: agent_pb2.PROCESS_KIND_RPC_SERVER,
     ProcessKind.LLAMA_SERVER: agent_pb2.PROCESS_KIND_LLAMA_SERVER,
+    ProcessKind.ENGINE_HOST: agent_pb2.PROCESS_KIND_ENGINE_HOST,
 }
 _KINDS_BACK = {v: k for k, v in _KINDS.items()}
 _STATES = {
@@ -37,7 +38,9 @@ _STATES = {
 def spec_from_proto(msg: agent_pb2.ProcessSpec) -> ProcessSpec:
     kind = _KINDS_BACK.get(msg.kind)
     if kind is None:
-        raise InvalidRequestError("spec.kind must be PROCESS_KIND_RPC_SERVER or ..._LLAMA_SERVER")
+        raise InvalidRequestError(
+            "spec.kind must be PROCESS_KIND_RPC_SERVER, ..._LLAMA_SERVER or ..._ENGINE_HOST"
+        )
     if msg.port > 65535:
         raise InvalidRequestError(f"spec.port {msg.port} is not a TCP port")
     return ProcessSpec(

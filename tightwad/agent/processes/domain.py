@@ -19,6 +19,8 @@ _EMPTY: Mapping[str, str] = MappingProxyType({})
 class ProcessKind(enum.StrEnum):
     RPC_SERVER = "rpc_server"
     LLAMA_SERVER = "llama_server"
+    # One Engine in its own Python process (tightwad.agent.engine_host).
+    ENGINE_HOST = "engine_host"
 
 
 class ProcessState(enum.StrEnum):

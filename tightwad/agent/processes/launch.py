@@ -25,6 +25,7 @@ from tightwad.agent.processes.domain import ProcessKind, ProcessSpec
 from tightwad.errors import InvalidRequestError
 
 __all__ = [
+    "ENGINE_HOST_MODULE",
     "BindPolicy",
     "DeviceLookup",
     "build_command",
@@ -36,7 +37,8 @@ __all__ = [
 DeviceLookup = Callable[[str], DeviceInfo | None]
 
 _WILDCARDS = frozenset({"0.0.0.0", "::", "*"})
-_SPEC_ADDRESS_FLAGS = frozenset({"--host", "--port", "-H", "-p"})
+_SPEC_ADDRESS_FLAGS = frozenset({"--host", "--port", "-H", "-p", "--listen"})
+ENGINE_HOST_MODULE = "tightwad.agent.engine_host"
 _ROCM_MULTI_GPU = {"HSA_ENABLE_SDMA": "0"}
 
 
@@ -134,10 +136,16 @@ def build_command(
     *,
     line_buffer: Sequence[str] = (),
 ) -> list[str]:
-    """argv for the child; ``line_buffer`` (e.g. ``stdbuf -oL -eL``) goes in front."""
+    """argv for the child; ``line_buffer`` (e.g. ``stdbuf -oL -eL``) goes in front.
+
+    For an engine host ``binary`` is the Python interpreter that runs
+    :mod:`tightwad.agent.engine_host` (unbuffered, so its log lines arrive as written)."""
     _check_args(spec)
     if spec.kind is ProcessKind.RPC_SERVER:
         own = [str(binary), "-H", host, "-p", str(port)]
+    elif spec.kind is ProcessKind.ENGINE_HOST:
+        listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        own = [str(binary), "-u", "-m", ENGINE_HOST_MODULE, "--listen", listen]
     else:
         own = [str(binary), "--host", host, "--port", str(port)]
     return [*line_buffer, *own, *spec.args]

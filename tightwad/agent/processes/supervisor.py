@@ -1,4 +1,5 @@
-"""The Supervisor: runs ``ggml-rpc-server`` and ``llama-server`` children and keeps them up.
+"""The Supervisor: runs ``ggml-rpc-server``, ``llama-server`` and engine-host children and
+keeps them up.
 
 It is the shell around the pure machine of :mod:`.lifecycle`: one supervising task per
 process feeds events (exit, probe result, timer, command) to ``step`` and executes the actions
@@ -15,6 +16,8 @@ Guarantees:
 - Ports come from a :class:`.PortAllocator`: two supervised processes never share one.
 - Waits have deadlines: probes, stop (grace then SIGKILL), ``wait_healthy`` and ``close``.
 - Backoff timers sleep on the injectable clock.
+- An engine host (:mod:`tightwad.agent.engine_host`) runs on this Python interpreter with
+  ``engine_env`` (e.g. the cluster token) added to its environment, and only to its own.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import contextlib
 import os
 import shutil
 import signal
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,7 +44,13 @@ from tightwad.agent.processes.launch import (
 )
 from tightwad.agent.processes.logring import LogRing
 from tightwad.agent.processes.ports import PortAllocator
-from tightwad.agent.processes.probes import ProbeError, http_health, rpc_hello, tcp_connect
+from tightwad.agent.processes.probes import (
+    ProbeError,
+    grpc_health,
+    http_health,
+    listening,
+    rpc_hello,
+)
 from tightwad.clock import Clock, SystemClock
 from tightwad.errors import (
     ConflictError,
@@ -70,6 +80,7 @@ _SETTLED = frozenset(
     }
 )
 _PUMP_DRAIN_S = 2.0
+ENGINE_SERVICE = "tightwad.v1.EngineService"
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,12 +172,21 @@ class Supervisor:
         settings: SupervisorSettings | None = None,
         clock: Clock | None = None,
         base_env: Mapping[str, str] | None = None,
+        engine_env: Mapping[str, str] | None = None,
+        python: str | None = None,
     ) -> None:
         self._binaries = binaries
         self._devices: DeviceLookup = devices or (lambda _id: None)
         self.settings = settings or SupervisorSettings()
         self._clock: Clock = clock or SystemClock()
         self._base_env = dict(os.environ if base_env is None else base_env)
+        # GGML_NO_BACKTRACE: an abort (a dead RPC peer) must not attach gdb for seconds.
+        self._engine_env = {
+            "PYTHONUNBUFFERED": "1",
+            "GGML_NO_BACKTRACE": "1",
+            **(engine_env or {}),
+        }
+        self._python = python or sys.executable
         self.ports = PortAllocator(self.settings.port_low, self.settings.port_high)
         self.changes = Changes()
         self._procs: dict[str, _Managed] = {}
@@ -380,6 +400,11 @@ class Supervisor:
     # -- one run of the child -----------------------------------------------------------
 
     def _command(self, m: _Managed) -> tuple[list[str], dict[str, str]]:
+        if m.spec.kind is ProcessKind.ENGINE_HOST:
+            m.binary = self._python
+            argv = build_command(m.spec, Path(self._python), m.host, m.port)
+            base = {**self._base_env, **self._engine_env}
+            return argv, child_env(base, m.spec, self._devices)
         binary = self._binaries(_BINARY_OF[m.spec.kind])
         m.binary = str(binary)
         argv = build_command(m.spec, binary, m.host, m.port, line_buffer=self._line_buffer)
@@ -438,11 +463,13 @@ class Supervisor:
     async def _probe(self, m: _Managed, ever_healthy: bool) -> str:
         timeout = self.settings.probe_timeout_s
         if m.spec.kind is ProcessKind.RPC_SERVER:
-            if ever_healthy:  # a client may hold the server: HELLO would wait in the backlog
-                return await tcp_connect(m.host, m.port, timeout)
+            if ever_healthy:  # a client may hold the server: connections would wait unserved
+                return listening(m.host, m.port)
             version = await rpc_hello(m.host, m.port, timeout)
             m.protocol_version = version
             return f"rpc protocol {version}"
+        if m.spec.kind is ProcessKind.ENGINE_HOST:
+            return await grpc_health(m.host, m.port, ENGINE_SERVICE, timeout)
         return await http_health(m.host, m.port, timeout)
 
     async def _probe_loop(self, m: _Managed) -> None:
