@@ -70,3 +70,57 @@ def test_sigterm_stops_children_and_exits_zero(tmp_path: Path) -> None:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@pytest.mark.cluster
+def test_children_die_with_a_killed_agent(tmp_path: Path) -> None:
+    """SIGKILL leaves the agent no chance to clean up: the kernel's parent-death signal must
+    still take its rpc-server down (no orphan on the worker)."""
+    import asyncio
+
+    import grpc
+
+    from tightwad.v1 import agent_pb2, agent_pb2_grpc
+
+    cfg = tmp_path / "cluster.yaml"
+    cfg.write_text("agents:\n  host: 127.0.0.1\n")
+    proc = subprocess.Popen(
+        [*AGENT, "-c", str(cfg), "--listen", "127.0.0.1:0", "--log-level", "warning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        address = line.rsplit("listening on ", 1)[1].split()[0]
+
+        async def start_rpc() -> int:
+            async with grpc.aio.insecure_channel(address) as ch:
+                node = agent_pb2_grpc.NodeServiceStub(ch)
+                spec = agent_pb2.ProcessSpec(name="rpc0", kind=agent_pb2.PROCESS_KIND_RPC_SERVER)
+                r = await node.StartProcess(
+                    agent_pb2.StartProcessRequest(spec=spec, wait_healthy=True), timeout=60
+                )
+                return int(r.status.pid)
+
+        child = asyncio.run(start_rpc())
+        assert child > 0 and Path(f"/proc/{child}").exists()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(child):
+            time.sleep(0.05)
+        assert not _alive(child), "the rpc-server outlived its killed agent"
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

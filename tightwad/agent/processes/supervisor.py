@@ -413,6 +413,7 @@ class Supervisor:
     async def _run_child(self, m: _Managed, generation: int) -> None:
         try:
             argv, env = self._command(m)
+            argv = _with_parent_death_signal(argv)
             m.exited.clear()
             m.proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -494,3 +495,15 @@ class Supervisor:
                     healthy = ever = True
                     m.events.put_nowait(lc.Healthy(detail))
             await self._clock.sleep(s.probe_interval_s if healthy else s.starting_probe_interval_s)
+
+
+_SETPRIV = shutil.which("setpriv")
+
+
+def _with_parent_death_signal(argv: list[str]) -> list[str]:
+    """Have the kernel SIGKILL the child if the agent itself dies (even by SIGKILL), so no
+    rpc-server or engine host outlives it. Uses util-linux ``setpriv --pdeathsig`` where present
+    (``preexec_fn`` is unsafe in a process with threads, as the agent's engine has)."""
+    if _SETPRIV is None or sys.platform != "linux":
+        return argv
+    return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
