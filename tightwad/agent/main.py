@@ -111,7 +111,9 @@ def settings_from_config(cfg: ClusterConfig, ns: argparse.Namespace) -> AgentSet
             llama_server_name=cfg.binaries.coordinator,
         ),
         supervisor=SupervisorSettings(bind=bind),
-        controller=ns.controller,
+        # Register when told where the controller is: --controller, or controller.address in the
+        # cluster file (the address agents and clients dial).
+        controller=ns.controller or cfg.controller.address,
         advertise=ns.advertise,
         load_defaults=LoadDefaults(
             ctx_size=ns.ctx_size or cfg.engine.ctx_size,
