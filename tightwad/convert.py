@@ -44,7 +44,7 @@ def sampling_to_pb(cfg: SamplingConfig, seed: int | None = None) -> engine_pb2.S
     for tok, bias in dict(cfg.logit_bias).items():
         p.logit_bias[int(tok)] = float(bias)
     if seed is not None:
-        p.seed = seed
+        p.seed = seed & 0xFFFF_FFFF_FFFF_FFFF  # OpenAI allows negative seeds; keep them distinct
     return p
 
 

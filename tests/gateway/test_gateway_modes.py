@@ -50,7 +50,14 @@ async def test_pipelined_hybrid_and_multi_drafter_routes_match_plain(smollm_path
     d2 = await _agent(smollm_path, "d")
 
     def spec(name: str, mode: str, **kw: object) -> RouteSpec:
-        return RouteSpec(name=name, target=EngineClient(target.address, "t"), draft_mode=mode, **kw)  # type: ignore[arg-type]
+        # Always draft: these tests check each drafting path is lossless, not that it pays.
+        return RouteSpec(  # type: ignore[arg-type]
+            name=name,
+            target=EngineClient(target.address, "t"),
+            draft_mode=mode,
+            adaptive=False,
+            **kw,
+        )
 
     drafters = (EngineClient(d1.address, "d"), EngineClient(d2.address, "d"))
     gw = GatewayServer(

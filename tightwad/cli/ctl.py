@@ -124,6 +124,8 @@ def _add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     events = sub.add_parser("events", help="the controller's event log")
     events.add_argument("-f", "--follow", action="store_true")
     events.add_argument("--since", type=int, default=0, metavar="ID", help="after event ID")
+    certs = sub.add_parser("certs", help="cluster CA and per-host certificates for mutual TLS")
+    certs.add_argument("certs_args", nargs=argparse.REMAINDER, help="init | issue (see --help)")
     bench = sub.add_parser("bench", help="benchmarks against a live gateway (see benchmarks/)")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
 
@@ -463,6 +465,10 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if args.command == "bench":
         return run_bench([*args.bench_args, *extra])
+    if args.command == "certs":
+        from tightwad.cli.certs import certs_main
+
+        return certs_main([*args.certs_args, *extra])
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not structlog.is_configured():  # under `tightwad`, the umbrella already did

@@ -50,7 +50,10 @@ class Document:
 
 def parse_document(text: str, env: Mapping[str, str], file: str | None = None) -> Document:
     """Parse one YAML document; raise ConfigError on syntax errors or bad ``${}``."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # e.g. NUL or control characters (ReaderError)
+        raise ConfigError("", f"the file is not valid YAML text: {exc}", None, file) from exc
     try:
         node = loader.get_single_node()
         if node is None:
@@ -61,6 +64,8 @@ def parse_document(text: str, env: Mapping[str, str], file: str | None = None) -
         raise _syntax_error(exc, file) from exc
     except yaml.YAMLError as exc:
         raise ConfigError("", f"YAML error: {exc}", None, file) from exc
+    except RecursionError as exc:
+        raise ConfigError("", "the file is nested too deeply", None, file) from exc
     finally:
         loader.dispose()
     lines: dict[str, int] = {"": node.start_mark.line + 1}

@@ -206,7 +206,7 @@ class ProxyConfig:
     max_draft_tokens: int = 8
     fallback_on_draft_failure: bool = True
     drafters: tuple[Endpoint, ...] = ()
-    auth_token: str | None = None
+    auth_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +234,7 @@ class ClusterSettings:
     """Identity, shared auth and the private network of the cluster."""
 
     name: str = "tightwad"
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     private_network: IPNetwork | None = None
     private_interface: str | None = None
     allow_public_bind: bool = False
@@ -326,7 +326,7 @@ class GatewayConfig:
 
     host: str = "127.0.0.1"
     port: int = 8088
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     max_body_bytes: int = 8 * 1024 * 1024
     max_tokens_cap: int = 8192
     max_concurrency: int = 4

@@ -9,6 +9,7 @@ Owns :class:`GatewaySettings` and :func:`create_app`. Routes:
     GET  /metrics                 Prometheus text                        token + allow-list
     GET  /healthz                 200 while the process is up            open
     GET  /readyz                  200 when every route is ready, or 503  open
+    GET  /openapi.json            OpenAPI 3.1 description (gateway.openapi) bearer token
 
 Guarantees: every error is an OpenAI ``{"error": {message, type, param, code}}`` body with its
 status (aiohttp's own 404/405/413 included); an unexpected exception is a generic 500 with the
@@ -50,6 +51,7 @@ from tightwad.gateway.openai_schema import (
     parse_completion,
     parse_json_object,
 )
+from tightwad.gateway.openapi import openapi_json
 from tightwad.gateway.security import NetworkAllowList, RouteLimiter, check_bearer
 from tightwad.gateway.sse import Renderer, SSEWriter, renderer_for
 from tightwad.gateway.types import Backend, Finished, GenerationEvent, TextDelta
@@ -68,7 +70,7 @@ _CLIENT_CLOSED = 499  # nginx's "client closed request", for metrics only
 class GatewaySettings:
     """How the HTTP layer guards and bounds requests."""
 
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     max_body_bytes: int = 4 * 1024 * 1024
     max_tokens_cap: int = 4096
     max_concurrency: int = 8  # per route
@@ -480,6 +482,7 @@ def create_app(
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/openapi.json", openapi_json)
     if on_shutdown is not None:
         app.on_shutdown.append(on_shutdown)
     return app

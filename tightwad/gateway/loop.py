@@ -74,7 +74,7 @@ class RouteSpec:
     target: EngineClient
     draft_mode: DraftMode = "ngram"
     drafters: tuple[EngineClient, ...] = ()
-    max_draft_tokens: int = 16
+    max_draft_tokens: int = 32
     pipeline: bool = False
     hybrid_min_match: int = 3
     ngram_max_n: int = 4
@@ -84,6 +84,8 @@ class RouteSpec:
     target_timeout_s: float = 120.0
     drafter_cooldown_s: float = 30.0
     control: DraftControlConfig = field(default_factory=DraftControlConfig)
+    # False: always draft max_draft_tokens (no goodput control), e.g. to test a drafter.
+    adaptive: bool = True
 
 
 @dataclass
@@ -110,6 +112,49 @@ class _Counters:
             self.by_position[i] += 1
 
 
+class _FixedK:
+    """Always k (adaptive: false)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def next_k(self) -> int:
+        return self.k
+
+    def record(self, *args: object) -> None:
+        return None
+
+    def record_plain(self, step_seconds: float) -> None:
+        return None
+
+
+@dataclass
+class _Control:
+    """The request's controller, and the route's one that learns from it too."""
+
+    own: DraftLengthController | _FixedK
+    shared: DraftLengthController | None
+
+    def next_k(self) -> int:
+        return self.own.next_k()
+
+    def record(self, k: int, drafted: int, accepted: int, secs: float, draft: float) -> None:
+        self.own.record(k, drafted, accepted, secs, draft)
+        if self.shared is not None:
+            self.shared.record(k, drafted, accepted, secs, draft)
+
+    def record_plain(self, secs: float) -> None:
+        self.own.record_plain(secs)
+        if self.shared is not None:
+            self.shared.record_plain(secs)
+
+    def plain_step_seconds(self) -> float | None:
+        own = self.own.plain_step_seconds if isinstance(self.own, DraftLengthController) else None
+        if own is None and self.shared is not None:
+            return self.shared.plain_step_seconds
+        return own
+
+
 @dataclass
 class _DrafterHealth:
     client: EngineClient
@@ -133,6 +178,10 @@ class SpecBackend:
         self._info: RemoteEngineInfo | None = None
         self._pieces: list[bytes] = []
         self._drafters = [_DrafterHealth(c) for c in spec.drafters]
+        # Draft-length controllers shared by the route's requests, per proposer: what drafting
+        # costs and how often it is accepted is learned once, and the probing schedule carries
+        # over, so a short request does not pay to re-discover that drafting loses.
+        self._controllers: dict[str, DraftLengthController] = {}
         self._ready = False
         self._error = ""
 
@@ -210,6 +259,11 @@ class SpecBackend:
         finally:
             await run.cleanup()
 
+    def controller_for(self, proposer: str) -> DraftLengthController:
+        if proposer not in self._controllers:
+            self._controllers[proposer] = DraftLengthController(self.spec.control)
+        return self._controllers[proposer]
+
     def _pick_drafter(self) -> _DrafterHealth | None:
         now = time.monotonic()
         healthy = [
@@ -241,6 +295,9 @@ class _Run:
         self.ngram: NGramProposer | None = None
         self.prediction: PredictionProposer | None = None
         self.pre: asyncio.Task[DraftProposal] | None = None
+        self.opening: asyncio.Task[None] | None = None
+        # Draft length forced by a run of fully accepted copy drafts (0 = none).
+        self.run_k = 0
         # Leading tokens of the draft session known to equal prompt + output.
         self.draft_valid = 0
         # Whether this round's drafts are in the draft session (model or pipelined drafts).
@@ -275,7 +332,9 @@ class _Run:
             eog_token_ids=self.info.eog_token_ids,
             max_tokens=max_tokens,
         )
-        self.target = self.spec.target.session(timeout_s=self.spec.target_timeout_s)
+        # No deadline on the whole stream: a long generation on a busy host is legitimate; the
+        # request deadline (gateway request_timeout_s) bounds it and each call has its own.
+        self.target = self.spec.target.session(timeout_s=None)
         opened = await self._target_call(
             self.target.open(
                 self.prompt,
@@ -290,7 +349,7 @@ class _Run:
         if r.echo:
             echo = b"".join(self.b._pieces[t] for t in self.prompt).decode("utf-8", "replace")
             yield TextDelta(text=echo)
-        control = DraftLengthController(self.spec.control)
+        control = self._controller()
         drafts: list[int] = []
         q: list[SparseDist] | None = None
         while not guard.finished:
@@ -298,7 +357,7 @@ class _Run:
             if room <= 0:
                 break
             t0 = time.perf_counter()
-            k = min(control.next_k(), self.spec.max_draft_tokens, room - 1)
+            k = min(max(control.next_k(), self.run_k), self.spec.max_draft_tokens, room - 1)
             if not drafts:
                 self.from_model = False
                 if k > 0:
@@ -315,6 +374,7 @@ class _Run:
                 control.record(k, len(drafts), res.accepted, elapsed, t_draft)
             else:
                 control.record_plain(elapsed)
+            self._update_run_k(k, drafts, res.accepted, elapsed, control)
             block = [*drafts[: res.accepted], res.next_token]
             before = len(self.output)
             self.output.extend(block)
@@ -340,11 +400,46 @@ class _Run:
             stats=self._stats(),
         )
 
+    def _update_run_k(
+        self, k: int, drafts: list[int], accepted: int, elapsed: float, control: _Control
+    ) -> None:
+        """Copy runs: when a draft-free proposer's whole draft was accepted, filled the k asked
+        for, and the round beat plain decoding, double k for the next round. Acceptance of
+        copied text is not geometric (long exact runs, then a break), and on a CPU a long
+        batch costs much less per token than a short one, so edits need long drafts to pay."""
+        t_plain = control.plain_step_seconds()
+        full = bool(drafts) and accepted == len(drafts) == k and not self.from_model
+        paid = t_plain is not None and (accepted + 1) * t_plain > elapsed
+        self.run_k = min(2 * k, self.spec.max_draft_tokens) if full and paid else 0
+
+    def _controller(self) -> _Control:
+        """This request's controller: its own acceptance (n-gram and predicted-output matches
+        are the request's), seeded with the costs the route measured; for a draft model the
+        route's acceptance carries over too, so a losing drafter stays off across requests
+        (with occasional probes). Every round also teaches the route's controller."""
+        if not self.spec.adaptive:
+            return _Control(_FixedK(self.spec.max_draft_tokens), None)
+        proposer = "prediction" if self.prediction is not None else self.spec.draft_mode
+        shared = self.b.controller_for(proposer)
+        own = DraftLengthController(self.spec.control)
+        carry = proposer in ("model", "hybrid") and shared.rounds_seen > 0
+        own.seed(
+            shared.plain_step_seconds,
+            shared.per_token_cost,
+            acceptance=shared.acceptance if carry else None,
+        )
+        return _Control(own, shared)
+
     async def _target_call(self, coro: Awaitable[T]) -> T:
         """Await a target call; any failure becomes a clear UnavailableError (or passes on a
         request error such as a context overflow)."""
         try:
-            return await coro
+            return await asyncio.wait_for(coro, self.spec.target_timeout_s)
+        except TimeoutError as exc:
+            raise UnavailableError(
+                f"target model of route {self.spec.name} did not answer within "
+                f"{self.spec.target_timeout_s:.0f} s"
+            ) from exc
         except (ContextLengthError, ConfigError):
             raise
         except TightwadError as exc:
@@ -367,7 +462,9 @@ class _Run:
             self.ngram = NGramProposer(max_n=self.spec.ngram_max_n)
             self.ngram.extend(self.prompt)
         if mode in ("model", "hybrid"):
-            await self._open_drafter()
+            # The drafter prefills in the background: the target never waits for it, and rounds
+            # use it once it is ready (its first draft catches up with what was committed).
+            self.opening = asyncio.create_task(self._open_drafter())
         self.mode = mode
 
     async def _open_drafter(self) -> None:
@@ -376,7 +473,7 @@ class _Run:
             self.c.draft_failures += 1
             return
         self.drafter = d
-        sess = d.client.session(timeout_s=self.spec.target_timeout_s)
+        sess = d.client.session(timeout_s=None)
         # A seeded request drafts greedily (one-hot drafts, sample-and-match): the target then
         # draws one uniform per emitted token, exactly as plain decoding does, so the output is
         # the same with or without speculation. Unseeded sampled requests draft by sampling
@@ -384,11 +481,14 @@ class _Run:
         seeded = self.req.seed is not None
         sampling = SamplingConfig() if seeded else self.req.sampling
         try:
-            await asyncio.wait_for(sess.open(self.prompt, sampling), self.spec.draft_timeout_s)
+            await asyncio.wait_for(sess.open(self.prompt, sampling), self.spec.target_timeout_s)
         except (TightwadError, TimeoutError) as exc:
             sess.abort()
             self._drafter_failed(exc)
             return
+        except BaseException:
+            sess.abort()
+            raise
         self.draft = sess
         self.draft_valid = len(self.prompt)
 
@@ -545,6 +645,10 @@ class _Run:
 
     async def cleanup(self) -> None:
         self._cancel_pipeline()
+        if self.opening is not None and not self.opening.done():
+            self.opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.opening
         for sess in (self.draft, self.target):
             if sess is None:
                 continue

@@ -82,8 +82,20 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise InvalidRequestError(
             "We could not parse the JSON body of your request. The body must be valid JSON."
         ) from exc
+    except RecursionError as exc:
+        raise InvalidRequestError("The JSON body of your request is nested too deeply.") from exc
     if not isinstance(value, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
+    try:
+        # Strings must be valid Unicode text: a lone surrogate (legal in JSON escapes) can be
+        # neither tokenized nor echoed back.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequestError(
+            "The request contains a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text."
+        ) from exc
+    except RecursionError as exc:
+        raise InvalidRequestError("The JSON body of your request is nested too deeply.") from exc
     return value
 
 

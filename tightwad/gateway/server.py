@@ -51,7 +51,10 @@ class GatewayServer:
             await backend.start()
         routes: Mapping[str, SpecBackend] = self.backends
         app = create_app(routes, self.settings)
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        # keepalive_timeout also bounds a client that never finishes its headers (slow-loris).
+        runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, keepalive_timeout=15.0
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
         await site.start()

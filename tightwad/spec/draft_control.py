@@ -82,6 +82,33 @@ class DraftLengthController:
         self._plain_streak = 0
         self._probe_every = self.config.probe_every
         self._probing = False
+        self._rounds = 0
+
+    def seed(
+        self,
+        plain_step_seconds: float | None,
+        per_token_cost: float | None,
+        *,
+        acceptance: float | None = None,
+        weight: float = 4.0,
+    ) -> None:
+        """Start from what another controller measured (e.g. the route's, across requests), so
+        a request need not pay to re-learn what a round costs. ``acceptance`` (with the weight
+        of ``weight`` rounds) is seeded only when it carries over, as for a draft model; then
+        the draft length is chosen from the seeded estimates at once."""
+        if plain_step_seconds is not None:
+            _require(plain_step_seconds > 0.0, "plain_step_seconds", "must be > 0")
+            self._t_plain = plain_step_seconds
+        if per_token_cost is not None:
+            _require(per_token_cost >= 0.0, "per_token_cost", "must be >= 0")
+            self._per_token_cost = per_token_cost
+        if acceptance is not None:
+            _require(0.0 <= acceptance <= 1.0, "acceptance", "within [0, 1]")
+            _require(weight > 0.0, "weight", "must be > 0")
+            self._accepted_w = acceptance * weight
+            self._rejected_w = (1.0 - acceptance) * weight
+            if self._t_plain is not None and self._per_token_cost is not None:
+                self._k = self._choose()
 
     # --- estimates -------------------------------------------------------------------------
 
@@ -93,6 +120,11 @@ class DraftLengthController:
         return (self._accepted_w + prior_acc) / (
             self._accepted_w + self._rejected_w + cfg.prior_weight
         )
+
+    @property
+    def rounds_seen(self) -> int:
+        """Drafted rounds observed so far."""
+        return self._rounds
 
     @property
     def plain_step_seconds(self) -> float | None:
@@ -160,6 +192,7 @@ class DraftLengthController:
             self._plain_streak = 0
 
     def _observe_round(self, drafted: int, accepted: int, round_seconds: float) -> None:
+        self._rounds += 1
         decay = self.config.acceptance_decay
         self._accepted_w = decay * self._accepted_w + accepted
         self._rejected_w = decay * self._rejected_w + (1 if accepted < drafted else 0)

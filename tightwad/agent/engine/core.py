@@ -375,6 +375,13 @@ class Engine:
         if not prompt:
             raise InvalidRequestError("the prompt is empty", param="prompt")
         self._check_tokens(prompt)
+        bad = [t for t in sampling.logit_bias if not 0 <= t < self._m.n_vocab]
+        if bad:
+            raise InvalidRequestError(
+                f"logit_bias names token ids outside the vocabulary (0..{self._m.n_vocab - 1}): "
+                f"{bad[:5]}",
+                param="logit_bias",
+            )
         if len(prompt) >= self.cfg.ctx_size:
             raise ContextLengthError(
                 f"the prompt has {len(prompt)} tokens; this model's context is "
