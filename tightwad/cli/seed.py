@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Any
 import aiohttp
 
 from tightwad.cli import ctl
+from tightwad.cli._foreground import run_until_signal
 from tightwad.cli.client import ControllerClient
 from tightwad.cli.render import duration, table
 from tightwad.config import (
@@ -426,16 +426,7 @@ async def _serve_proxy(cfg: ClusterConfig) -> int:
         f"Status: tightwad proxy status   Stop: Ctrl-C",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        print("tightwad proxy: stopping", flush=True)
-        await server.stop()
-    return 0
+    return await run_until_signal(server.stop, "tightwad proxy")
 
 
 def proxy_start(args: argparse.Namespace) -> int:

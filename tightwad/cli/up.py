@@ -8,14 +8,13 @@ model (SmolLM2-135M, fetched into the cache) with n-gram drafting.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 from tightwad.agent.engine.core import EngineConfig
 from tightwad.agent.server import AgentServer, AgentSettings
+from tightwad.cli._foreground import run_until_signal
 from tightwad.config import ClusterConfig, load_config
 from tightwad.errors import ConfigError, TightwadError
 from tightwad.gateway.api import GatewaySettings
@@ -183,16 +182,7 @@ async def _serve(opts: UpOptions) -> int:
     stack = await start_stack(opts)
     name = next(iter(stack.gateway.backends))
     print(_banner(stack, opts, name), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        print("tightwad: stopping", flush=True)
-        await stack.stop()
-    return 0
+    return await run_until_signal(stack.stop, "tightwad")
 
 
 def run_up(ns: argparse.Namespace) -> int:

@@ -24,7 +24,14 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from tightwad.agent.adapters._http import HttpClient
-from tightwad.agent.engine.core import DraftStep, EngineInfo, TokenLogprob, VerifyResult
+from tightwad.agent.engine.core import (
+    DraftStep,
+    EngineInfo,
+    TokenLogprob,
+    VerifyResult,
+    check_open,
+    check_tokens,
+)
 from tightwad.agent.engine.template import Message
 from tightwad.errors import (
     ContextLengthError,
@@ -283,10 +290,7 @@ class HttpEngine:
     # -- sessions -----------------------------------------------------------------------
 
     def _check_tokens(self, tokens: Sequence[int]) -> None:
-        n = self.facts.n_vocab
-        for t in tokens:
-            if not 0 <= t < n:
-                raise InvalidRequestError(f"token id {t} is outside the vocabulary (0..{n - 1})")
+        check_tokens(tokens, self.facts.n_vocab)
 
     async def open_session(
         self,
@@ -297,15 +301,7 @@ class HttpEngine:
         top_logprobs: int = 0,
         logprobs: bool = False,
     ) -> tuple[HttpSession, int, float]:
-        if not prompt:
-            raise InvalidRequestError("the prompt is empty", param="prompt")
-        self._check_tokens(prompt)
-        if len(prompt) >= self._cfg.ctx_size:
-            raise ContextLengthError(
-                f"the prompt has {len(prompt)} tokens; this model's context is "
-                f"{self._cfg.ctx_size} tokens per request",
-                param="messages",
-            )
+        check_open(prompt, sampling, n_vocab=self.facts.n_vocab, ctx_size=self._cfg.ctx_size)
         if self._live >= self._cfg.max_sessions:
             raise OverloadedError(
                 f"engine {self._cfg.model_id} has {self._live} live sessions; retry later"

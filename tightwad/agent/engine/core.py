@@ -155,6 +155,35 @@ def _softmax_prob_of(logits: NDArray[np.float32], token: int) -> float:
     return float(math.exp(float(logits[token]) - m) / float(np.exp(logits - m).sum()))
 
 
+def check_tokens(tokens: Sequence[int], n_vocab: int) -> None:
+    """Every id must be in the vocabulary (shared by every EngineLike implementation)."""
+    for t in tokens:
+        if not 0 <= t < n_vocab:
+            raise InvalidRequestError(f"token id {t} is outside the vocabulary (0..{n_vocab - 1})")
+
+
+def check_open(
+    prompt: Sequence[int], sampling: SamplingConfig, *, n_vocab: int, ctx_size: int
+) -> None:
+    """What every engine checks before opening a session: a non-empty prompt of known ids that
+    fits the per-request context, and a logit_bias over known ids."""
+    if not prompt:
+        raise InvalidRequestError("the prompt is empty", param="prompt")
+    check_tokens(prompt, n_vocab)
+    bad = [t for t in sampling.logit_bias if not 0 <= t < n_vocab]
+    if bad:
+        raise InvalidRequestError(
+            f"logit_bias names token ids outside the vocabulary (0..{n_vocab - 1}): {bad[:5]}",
+            param="logit_bias",
+        )
+    if len(prompt) >= ctx_size:
+        raise ContextLengthError(
+            f"the prompt has {len(prompt)} tokens; this model's context is "
+            f"{ctx_size} tokens per request",
+            param="messages",
+        )
+
+
 # The ggml RPC protocol major version of the pinned llama.cpp (ggml-rpc.h); servers of another
 # major version cannot serve this engine.
 RPC_PROTOCOL_MAJOR = 7
@@ -355,10 +384,7 @@ class Engine:
         return text, tokens
 
     def _check_tokens(self, tokens: Sequence[int]) -> None:
-        n = self._m.n_vocab
-        for t in tokens:
-            if not 0 <= t < n:
-                raise InvalidRequestError(f"token id {t} is outside the vocabulary (0..{n - 1})")
+        check_tokens(tokens, self._m.n_vocab)
 
     # -- sessions -----------------------------------------------------------------------
 
@@ -372,22 +398,7 @@ class Engine:
         logprobs: bool = False,
     ) -> tuple[Session, int, float]:
         """Allocate a sequence and prefill ``prompt``; returns (session, cached tokens, ms)."""
-        if not prompt:
-            raise InvalidRequestError("the prompt is empty", param="prompt")
-        self._check_tokens(prompt)
-        bad = [t for t in sampling.logit_bias if not 0 <= t < self._m.n_vocab]
-        if bad:
-            raise InvalidRequestError(
-                f"logit_bias names token ids outside the vocabulary (0..{self._m.n_vocab - 1}): "
-                f"{bad[:5]}",
-                param="logit_bias",
-            )
-        if len(prompt) >= self.cfg.ctx_size:
-            raise ContextLengthError(
-                f"the prompt has {len(prompt)} tokens; this model's context is "
-                f"{self.cfg.ctx_size} tokens per request",
-                param="messages",
-            )
+        check_open(prompt, sampling, n_vocab=self._m.n_vocab, ctx_size=self.cfg.ctx_size)
         if self._closed:
             raise UnavailableError(f"engine {self.cfg.model_id} is closed")
         slot, src, reuse = self._choose_slot(prompt)
