@@ -25,26 +25,21 @@ from typing import Protocol, TypeVar
 
 import grpc
 
-from tightwad.agent.convert import device_from_proto, host_from_proto, model_facts_from_proto
 from tightwad.agent.processes.domain import LogLine
 from tightwad.controller.convert import (
-    engine_from_proto,
-    process_from_proto,
-    spec_from_proto,
+    NodeStatus,
+    deployment_from_proto,
+    event_from_proto,
+    node_from_proto,
+    placement_from_proto,
     spec_to_proto,
 )
 from tightwad.controller.domain import (
     Deployment,
     DeploymentSpec,
-    DeploymentState,
     Event,
-    EventLevel,
-    NodeRecord,
-    NodeState,
-    RouteInfo,
 )
-from tightwad.controller.ids import DeploymentId, DeviceId, NodeId
-from tightwad.controller.placement import Assignment, Placement
+from tightwad.controller.placement import Placement
 from tightwad.errors import AuthenticationError, NotFoundError, UnavailableError
 from tightwad.rpc import client_channel, translate_rpc_error
 from tightwad.v1 import agent_pb2, agent_pb2_grpc, controller_pb2, controller_pb2_grpc
@@ -78,14 +73,6 @@ class TokenRefused(AuthenticationError):
 
 
 @dataclass(frozen=True, slots=True)
-class NodeStatus:
-    """A node as the controller reports it: the record and its liveness state."""
-
-    record: NodeRecord
-    state: NodeState
-
-
-@dataclass(frozen=True, slots=True)
 class ClusterStatus:
     nodes: tuple[NodeStatus, ...]
     deployments: tuple[Deployment, ...]
@@ -95,101 +82,6 @@ class ClusterStatus:
 
 class ChannelFactory(Protocol):
     def __call__(self, address: str, *, token: str | None = None) -> grpc.aio.Channel: ...
-
-
-# --- proto -> domain ----------------------------------------------------------------------
-
-
-def _by_number(enum_name: str, prefix: str, kind: type[E]) -> dict[int, E]:
-    """Wire number -> domain enum, matched by name (``NODE_STATE_READY`` -> ``ready``)."""
-    values = controller_pb2.DESCRIPTOR.enum_types_by_name[enum_name].values
-    names = {v.number: v.name.removeprefix(prefix).lower() for v in values}
-    return {n: kind(name) for n, name in names.items() if name in kind._value2member_map_}
-
-
-_NODE_STATES = _by_number("NodeState", "NODE_STATE_", NodeState)
-_DEPLOYMENT_STATES = _by_number("DeploymentState", "DEPLOYMENT_STATE_", DeploymentState)
-_EVENT_LEVELS = _by_number("EventLevel", "EVENT_LEVEL_", EventLevel)
-
-
-def node_from_proto(msg: controller_pb2.Node) -> NodeStatus:
-    inv = msg.inventory
-    state = _NODE_STATES.get(msg.state, NodeState.NOT_READY)
-    record = NodeRecord(
-        node_id=NodeId(msg.node_id),
-        address=msg.address,
-        host=host_from_proto(inv.host),
-        devices=tuple(device_from_proto(d) for d in inv.devices),
-        models=tuple(model_facts_from_proto(m) for m in msg.models),
-        processes=tuple(process_from_proto(p) for p in inv.processes),
-        engines=tuple(engine_from_proto(e) for e in inv.engines),
-        last_seen=msg.last_seen,
-        connected=state is not NodeState.UNREACHABLE,
-        draining=state is NodeState.DRAINING,
-        message=msg.message,
-    )
-    return NodeStatus(record, state)
-
-
-def _assignment_from_proto(msg: controller_pb2.DeviceAssignment) -> Assignment:
-    return Assignment(
-        node_id=NodeId(msg.node_id),
-        device_id=DeviceId(msg.device_id),
-        ggml_device=msg.ggml_device,
-        first_layer=msg.first_layer,
-        n_layers=msg.n_layers,
-        weight_bytes=msg.weight_bytes,
-        kv_bytes=msg.kv_bytes,
-        compute_bytes=msg.compute_bytes,
-        margin_bytes=msg.margin_bytes,
-        free_bytes=msg.free_bytes,
-    )
-
-
-def placement_from_proto(msg: controller_pb2.Placement) -> Placement:
-    return Placement(
-        model=msg.model,
-        coordinator=NodeId(msg.coordinator_node_id) if msg.coordinator_node_id else None,
-        assignments=tuple(_assignment_from_proto(a) for a in msg.devices),
-        tensor_split=tuple(round(x, 6) for x in msg.tensor_split),
-        n_gpu_layers=msg.n_gpu_layers,
-        fits=msg.fits,
-        reason=msg.reason,
-    )
-
-
-def _route_from_proto(msg: controller_pb2.Route) -> RouteInfo:
-    return RouteInfo(
-        model=msg.model,
-        engine_address=msg.engine_address,
-        http_url=msg.http_url,
-        can_verify=msg.can_verify,
-    )
-
-
-def deployment_from_proto(msg: controller_pb2.Deployment) -> Deployment:
-    return Deployment(
-        deployment_id=DeploymentId(msg.deployment_id),
-        spec=spec_from_proto(msg.request, msg.request.ctx_size),
-        placement=placement_from_proto(msg.placement) if msg.HasField("placement") else None,
-        state=_DEPLOYMENT_STATES.get(msg.state, DeploymentState.PENDING),
-        message=msg.message,
-        route=_route_from_proto(msg.route) if msg.HasField("route") else None,
-        updated=msg.updated,
-    )
-
-
-def event_from_proto(msg: controller_pb2.Event) -> Event:
-    return Event(
-        event_id=msg.event_id,
-        time=msg.time,
-        level=_EVENT_LEVELS.get(msg.level, EventLevel.INFO),
-        kind=msg.kind,
-        message=msg.message,
-        node_id=msg.node_id,
-        deployment_id=msg.deployment_id,
-        fields=dict(msg.fields),
-    )
 
 
 # --- the client ---------------------------------------------------------------------------
