@@ -645,10 +645,11 @@ class _Run:
 
     async def cleanup(self) -> None:
         self._cancel_pipeline()
-        if self.opening is not None and not self.opening.done():
-            self.opening.cancel()
+        if self.opening is not None:
+            if not self.opening.done():
+                self.opening.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.opening
+                await self.opening  # also retrieves an exception the drafter's open raised
         for sess in (self.draft, self.target):
             if sess is None:
                 continue
