@@ -459,7 +459,8 @@ class _Run:
             )
             self.prediction = PredictionProposer(toks)
         if mode in ("ngram", "hybrid"):
-            self.ngram = NGramProposer(max_n=self.spec.ngram_max_n)
+            # A 1-token suffix match proposes mostly junk that only costs verify width.
+            self.ngram = NGramProposer(min_n=2, max_n=self.spec.ngram_max_n)
             self.ngram.extend(self.prompt)
         if mode in ("model", "hybrid"):
             # The drafter prefills in the background: the target never waits for it, and rounds
