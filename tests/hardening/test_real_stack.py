@@ -177,7 +177,7 @@ async def test_short_fuzz_pass(up: UpProcess) -> None:
     counted = 0
 
     @settings(
-        max_examples=100,
+        max_examples=60,
         phases=[Phase.generate],  # no shrinking: each step costs real inference
         deadline=None,
         database=None,
@@ -202,10 +202,9 @@ async def test_short_fuzz_pass(up: UpProcess) -> None:
             return
         check_response(status, ctype, payload, method="POST")
 
-    # Warm-up, then the RSS baseline of the stack process.
-    for _ in range(20):
-        body = {"model": up.model, "prompt": "Once upon a time", "max_tokens": 8}
-        send(up.port, "POST", "/v1/completions", json.dumps(body).encode(), AUTH)
+    # A first pass warms up: the engine's KV buffer becomes resident page by page as prompts of
+    # new lengths touch new cells, which is not a leak. The second pass must stay flat.
+    await asyncio.to_thread(fuzz)
     before = rss_bytes(up.proc.pid)
     await asyncio.to_thread(fuzz)
     after = rss_bytes(up.proc.pid)
