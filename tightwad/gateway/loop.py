@@ -458,6 +458,9 @@ class _Run:
                 self.req.prediction, add_special=False, parse_special=False
             )
             self.prediction = PredictionProposer(toks)
+            # The caller says the output is mostly this text: start with long copy drafts
+            # (a wrong guess costs one wide verify; the run logic then falls back).
+            self.run_k = self.spec.max_draft_tokens
         if mode in ("ngram", "hybrid"):
             # A 1-token suffix match proposes mostly junk that only costs verify width.
             self.ngram = NGramProposer(min_n=2, max_n=self.spec.ngram_max_n)

@@ -303,6 +303,8 @@ class LlamaModel:
         """Decode ``tokens`` at positions ``start_pos..`` of ``seq_id``; rows in ``outputs``
         (indices into ``tokens``) get logits. Splits into chunks of the batch capacity."""
         ll = _lib()
+        if not tokens:
+            return
         want = set(outputs)
         for chunk_start in range(0, len(tokens), self._batch_cap):
             chunk = tokens[chunk_start : chunk_start + self._batch_cap]
@@ -322,7 +324,6 @@ class LlamaModel:
                 )
             if rc != 0:
                 raise UnavailableError(f"llama_decode failed with code {rc}")
-        self._last_rows = [i - (len(tokens) - len(chunk)) for i in outputs]
         self._last_offset = len(tokens) - len(chunk)
 
     def logits_row(self, index: int) -> NDArray[np.float32]:
