@@ -159,3 +159,13 @@ def test_k_stays_in_range_and_decisions_are_deterministic(
         return ks
 
     assert replay() == replay()
+
+
+def test_a_drafted_round_before_any_plain_step_keeps_k() -> None:
+    """A caller may draft before measuring a plain step (e.g. a predicted output); the
+    controller must not fail, and learns the plain step later."""
+    c = DraftLengthController(DraftControlConfig(start_k=4))
+    c.record(8, 8, 8, 0.5)
+    assert c.next_k() == 0  # still needs one plain step to compare against
+    c.record_plain(0.05)
+    assert c.plain_step_seconds == 0.05

@@ -357,7 +357,9 @@ class _Run:
             if room <= 0:
                 break
             t0 = time.perf_counter()
-            k = min(max(control.next_k(), self.run_k), self.spec.max_draft_tokens, room - 1)
+            # Copy runs apply once a plain step has been measured (the goodput check needs it).
+            run_k = self.run_k if control.plain_step_seconds() is not None else 0
+            k = min(max(control.next_k(), run_k), self.spec.max_draft_tokens, room - 1)
             if not drafts:
                 self.from_model = False
                 if k > 0:

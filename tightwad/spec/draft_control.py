@@ -211,7 +211,8 @@ class DraftLengthController:
         """Best k by predicted goodput, limited growth; 0 when plain decoding is as good."""
         cfg = self.config
         plain = self.predicted_goodput(0)
-        assert plain is not None
+        if plain is None:  # no plain step measured yet: nothing to compare against
+            return self._k
         ceiling = min(cfg.k_max, max(self._k, cfg.k_min - 1) + cfg.max_growth)
         best_k, best = 0, plain * (1.0 + cfg.min_gain)
         for k in range(cfg.k_min, ceiling + 1):
