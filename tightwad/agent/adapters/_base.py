@@ -13,6 +13,7 @@ can verify a draft in one pass overrides :meth:`HttpEngine._verify_draft`.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import hashlib
@@ -170,7 +171,7 @@ class StreamRequest:
     extra: dict[str, object] = field(default_factory=dict)
 
 
-class HttpEngine:
+class HttpEngine(abc.ABC):
     """Base of the adapters. ``await engine.start()`` probes the server; then it serves."""
 
     kind = "http"
@@ -210,8 +211,9 @@ class HttpEngine:
         if self._cfg.ctx_size <= 0 or self._cfg.ctx_size > facts.n_ctx > 0:
             self._cfg = replace(self._cfg, ctx_size=facts.n_ctx)
 
+    @abc.abstractmethod
     async def start(self) -> None:
-        raise NotImplementedError
+        """Provided by each adapter."""
 
     async def close(self) -> None:
         await self.http.close()
@@ -254,8 +256,9 @@ class HttpEngine:
 
     # -- what a subclass provides -------------------------------------------------------
 
+    @abc.abstractmethod
     async def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-        raise NotImplementedError
+        """Provided by each adapter."""
 
     async def detokenize(self, tokens: Sequence[int], *, render_special: bool) -> bytes:
         self._check_tokens(tokens)
@@ -269,14 +272,15 @@ class HttpEngine:
                 out.append(pieces[t])
         return b"".join(out)
 
+    @abc.abstractmethod
     async def render_chat(
         self, messages: Sequence[Message], *, add_generation_prompt: bool
     ) -> tuple[str, list[int]]:
-        raise NotImplementedError
+        """Provided by each adapter (the server's template, or the model's own)."""
 
+    @abc.abstractmethod
     def _stream(self, req: StreamRequest) -> AsyncIterator[StreamedToken]:
         """Stream up to ``req.n`` tokens continuing ``req.tokens``."""
-        raise NotImplementedError
 
     async def _verify_draft(
         self, session: HttpSession, draft: list[int]
