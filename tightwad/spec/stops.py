@@ -56,12 +56,20 @@ class StopScanner:
         return out
 
     def _earliest_match(self, buf: str) -> tuple[int, str] | None:
-        best: tuple[int, str] | None = None
+        """The stop a token-by-token stream would have hit first: the earliest to *end*.
+
+        Ties (same end) go to the earliest start. Ranking by end, not start, makes the result
+        independent of how the text was cut into chunks (stops ["a", "\\naa"] on "\\naa" stop at
+        "\\n", since "a" completes before "\\naa" does).
+        """
+        best: tuple[int, int, str] | None = None
         for stop in self._stops:
             at = buf.find(stop)
-            if at >= 0 and (best is None or at < best[0]):
-                best = (at, stop)
-        return best
+            if at >= 0:
+                key = (at + len(stop), at, stop)
+                if best is None or key < best:
+                    best = key
+        return None if best is None else (best[1], best[2])
 
     def _holdback(self, buf: str) -> int:
         """Length of the longest suffix of buf that is a proper prefix of some stop string."""
