@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean
@@ -34,7 +34,8 @@ class Report:
     scenario: str
     machine: dict[str, Any]
     config: dict[str, Any]
-    baseline: str | None = None
+    # One baseline system for all, or per system (e.g. per added latency); None: no ratios.
+    baseline: str | Mapping[str, str] | None = None
     requests: list[RequestResult] = field(default_factory=list)
     tables: list[tuple[str, list[str], list[list[Any]]]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -49,8 +50,11 @@ def _mean(xs: Sequence[float]) -> float:
     return fmean(xs) if xs else 0.0
 
 
-def summarize(results: Sequence[RequestResult], baseline: str | None) -> list[dict[str, Any]]:
-    """One row per (system, kind) plus an ``all`` row per system, in first-seen order."""
+def summarize(
+    results: Sequence[RequestResult], baseline: str | Mapping[str, str] | None
+) -> list[dict[str, Any]]:
+    """One row per (system, kind) plus an ``all`` row per system, in first-seen order.
+    ``baseline``: the system ratios are taken against, or a map system -> its baseline."""
     ok = [r for r in results if not r.error and r.completion_tokens]
     systems = list(dict.fromkeys(r.system for r in results))
     kinds = list(dict.fromkeys(r.kind for r in results))
@@ -61,10 +65,11 @@ def summarize(results: Sequence[RequestResult], baseline: str | None) -> list[di
             if not group:
                 continue
             base = None
-            if baseline:
+            ref_system = baseline.get(system) if isinstance(baseline, Mapping) else baseline
+            if ref_system:
                 # The baseline over the same prompts (a system may run only some kinds).
                 prompts = {r.prompt for r in group}
-                ref = [r.decode_tps for r in ok if r.system == baseline and r.prompt in prompts]
+                ref = [r.decode_tps for r in ok if r.system == ref_system and r.prompt in prompts]
                 base = _mean(ref) or None
             rows.append(_row(system, kind, group, base))
     return rows
@@ -158,8 +163,11 @@ def render_markdown(report: Report, rows: Sequence[dict[str, Any]]) -> str:
         "",
     ]
     if rows:
+        base = report.baseline
+        if isinstance(base, Mapping):
+            base = ", ".join(sorted(set(base.values())))
         lines += [
-            f"## Per system and prompt kind (baseline: `{report.baseline}`)",
+            f"## Per system and prompt kind (baseline: `{base}`)",
             "",
             summary_markdown(rows),
             "",

@@ -1,8 +1,9 @@
 """``python -m benchmarks.run SCENARIO [options]``: run one scenario end to end and write its
 JSON, markdown and PNG under ``benchmarks/results/<scenario>/``.
 
-Scenarios: ``draft-free``, ``model-draft``, ``engine``, ``overhead``, and ``cost-model`` (fits
-the cost model to the latest results of the others and predicts their speedups).
+Scenarios: ``draft-free``, ``model-draft``, ``engine``, ``overhead``, ``two-hosts``, ``pool``,
+``controller``, and ``cost-model`` (fits the cost model to the latest results of the others and
+predicts their speedups).
 ``tightwadctl bench`` calls :func:`main`.
 """
 
@@ -36,6 +37,18 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "overhead": (
         "benchmarks.scenarios.overhead",
         "gateway latency per round and streamed tok/s over an instant fake engine",
+    ),
+    "two-hosts": (
+        "benchmarks.scenarios.two_hosts",
+        "draft and target engines on separate pinned cores: pipelined vs not vs target alone",
+    ),
+    "pool": (
+        "benchmarks.scenarios.pool",
+        "speculation over a 2-rpc-server pool in network namespaces at 0/2/5 ms vs plain pool",
+    ),
+    "controller": (
+        "benchmarks.scenarios.controller",
+        "controller CPU and heartbeat latency with 500 simulated agents; placement time",
     ),
     "cost-model": (
         "benchmarks.costmodel",
@@ -73,7 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level)
 
     mod = _module(args.scenario)
-    report = asyncio.run(mod.run(args))
+    try:
+        report = asyncio.run(mod.run(args))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        # Ctrl-C, or SIGTERM where a scenario turns it into cancellation (pool). Every
+        # scenario tears down what it started on the way out (its context managers).
+        print(f"{args.scenario}: interrupted; everything it started was stopped", file=sys.stderr)
+        return 130
     paths = write_report(report, args.out)
     for kind, path in paths.items():
         print(f"{kind}: {path}")

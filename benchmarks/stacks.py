@@ -32,6 +32,8 @@ from tightwad.gateway.server import GatewayServer
 __all__ = [
     "GatewayStack",
     "Route",
+    "child_process",
+    "engine_host_process",
     "fake_engine_process",
     "gateway_for",
     "gateway_stack",
@@ -295,3 +297,127 @@ async def fake_engine_process(
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+async def _stop(proc: asyncio.subprocess.Process, grace_s: float = 10.0) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), grace_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def child_process(
+    argv: Sequence[str],
+    *,
+    ready: str,
+    log_path: Path | None = None,
+    ready_timeout_s: float = 300.0,
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """A child (``argv`` may start with ``taskset``/``ip netns exec``, which exec the rest) that
+    prints a line containing ``ready`` on stdout when it serves; yields (process, that line).
+    Its stdout keeps being drained; stderr goes to ``log_path`` (or nowhere). Always stopped
+    (SIGTERM, then SIGKILL) on exit; it also gets SIGTERM if this process dies."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    log_file = None
+    err: int | object = asyncio.subprocess.DEVNULL
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = await asyncio.to_thread(log_path.open, "ab")
+        err = log_file
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=err,
+        cwd=str(_ROOT),
+        env=env,
+        preexec_fn=_die_with_parent,
+    )
+    drain: asyncio.Task[None] | None = None
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{argv[0]}: not ready after {ready_timeout_s}s: {list(argv)}")
+            try:
+                raw = await asyncio.wait_for(proc.stdout.readline(), left)
+            except TimeoutError:
+                continue
+            if not raw:
+                await proc.wait()
+                where = f" (log: {log_path})" if log_path else ""
+                raise RuntimeError(
+                    f"{list(argv)} exited with {proc.returncode} before it was ready{where}"
+                )
+            text = raw.decode(errors="replace").strip()
+            if ready in text:
+                break
+        drain = asyncio.create_task(_drain(proc.stdout))
+        yield proc, text
+    finally:
+        if drain is not None:
+            drain.cancel()
+        await _stop(proc)
+        if log_file is not None:
+            log_file.close()
+
+
+@contextlib.asynccontextmanager
+async def engine_host_process(
+    model: Path,
+    *,
+    model_id: str,
+    threads: int,
+    ctx_size: int = 4096,
+    max_sessions: int = 2,
+    listen: str = "127.0.0.1:0",
+    devices: Sequence[str] = (),
+    tensor_split: Sequence[float] = (),
+    gpu_layers: int = 0,
+    prefix: Sequence[str] = (),
+    log_path: Path | None = None,
+    ready_timeout_s: float = 600.0,
+    banner: list[str] | None = None,
+) -> AsyncIterator[str]:
+    """The agent's Engine as its own process (:mod:`tightwad.agent.engine_host`, what an agent
+    runs pooled engines in), optionally behind ``prefix`` (e.g. ``taskset -c 1``); yields the
+    gRPC address it serves on once the model is loaded. Its ready line (which names the layers
+    per device) is appended to ``banner`` when given."""
+    argv = [
+        *prefix,
+        sys.executable,
+        "-m",
+        "tightwad.agent.engine_host",
+        "--listen", listen,
+        "--model", str(model),
+        "--model-id", model_id,
+        "--ctx-size", str(ctx_size),
+        "--threads", str(threads),
+        "--max-sessions", str(max_sessions),
+        "--gpu-layers", str(gpu_layers),
+        "--log-level", "warning",
+    ]  # fmt: skip
+    if devices:
+        argv += ["--devices", ",".join(devices)]
+    if tensor_split:
+        argv += ["--tensor-split", ",".join(f"{x:g}" for x in tensor_split)]
+    async with child_process(
+        argv,
+        ready="tightwad-engine-host serving",
+        log_path=log_path,
+        ready_timeout_s=ready_timeout_s,
+    ) as (_proc, line):
+        # "tightwad-engine-host serving ID on HOST:PORT (devices)"
+        if banner is not None:
+            banner.append(line)
+        yield line.split(" on ", 1)[1].split(" ", 1)[0]
