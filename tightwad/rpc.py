@@ -8,6 +8,11 @@ Shutdown is: health NOT_SERVING, ``server.stop(grace)``.
 
 Clients get channels with the token attached as ``authorization: Bearer <token>`` metadata and
 translate received statuses back into our error tree with :func:`translate_rpc_error`.
+
+TLS: a server given ``server_credentials`` (see :mod:`tightwad.tls`) serves TLS only, a channel
+given ``credentials`` speaks TLS only; the token stays on in both cases (as call credentials on
+a TLS channel). A failed handshake is UNAVAILABLE at once, never a hang: :func:`failure_details`
+says what gRPC said plus, when it looks like a TLS mismatch, what to check.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ __all__ = [
     "GrpcServer",
     "ServiceRegistration",
     "client_channel",
+    "failure_details",
     "translate_rpc_error",
 ]
 
@@ -307,8 +313,30 @@ def client_channel(
     return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS, interceptors=interceptors)
 
 
+_TLS_HANDSHAKE_HINT = (
+    "TLS handshake failed: both sides need cluster.tls with certificates from the same cluster "
+    "CA, and the server's certificate must name the address dialled"
+)
+_CLOSED_HINT = (
+    "the server closed the connection at once: if it requires TLS, configure cluster.tls "
+    "on this side too"
+)
+
+
+def failure_details(exc: grpc.aio.AioRpcError) -> str:
+    """What gRPC said about a failed call, with a hint when it looks like a TLS mismatch."""
+    details = exc.details() or exc.code().name
+    if exc.code() is grpc.StatusCode.UNAVAILABLE:
+        lowered = details.lower()
+        if "handshake failed" in lowered or "ssl_error" in lowered:
+            return f"{details} ({_TLS_HANDSHAKE_HINT})"
+        if "socket closed" in lowered:
+            return f"{details} ({_CLOSED_HINT})"
+    return details
+
+
 def translate_rpc_error(exc: grpc.aio.AioRpcError, what: str) -> TightwadError:
     """Turn a failed call into our error tree, naming what was being called."""
-    err = from_grpc_status(exc.code(), f"{what}: {exc.details()}")
+    err = from_grpc_status(exc.code(), f"{what}: {failure_details(exc)}")
     err.__cause__ = exc
     return err

@@ -12,6 +12,10 @@ used:
   hosts); a cluster that must never leave the LAN sets ``allow_public=False``, one that fronts a
   cloud API only sets ``allow_private=False``.
 
+The cluster file's ``upstreams`` section builds the policy (``allowed_schemes``,
+``allow_private``, ``allow_public``; the defaults allow what a homelab needs) and every HTTP
+adapter (llama-server, Ollama, OpenAI-compatible) applies it to its base URL.
+
 The check is made twice: statically on the URL (:meth:`UrlPolicy.check_url`, a
 :class:`~tightwad.errors.ConfigError` at load time), and again at **connect time** on every
 address actually dialled (:meth:`UrlPolicy.connector`): a resolver that vets each DNS answer
@@ -30,6 +34,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -82,11 +87,14 @@ class UrlPolicy:
 
     def __post_init__(self) -> None:
         if not self.allow_private and not self.allow_public:
-            raise ConfigError("url_policy", "allow_private and allow_public cannot both be false")
+            raise ConfigError(
+                "upstreams.allow_public", "allow_private and allow_public cannot both be false"
+            )
         unknown = set(self.schemes) - {"http", "https"}
         if unknown or not self.schemes:
             raise ConfigError(
-                "url_policy.schemes", f"only http and https can be allowed, got {sorted(unknown)}"
+                "upstreams.allowed_schemes",
+                f"only http and https can be allowed, got {sorted(unknown)}",
             )
 
     # --- static check -------------------------------------------------------------------
@@ -100,18 +108,23 @@ class UrlPolicy:
             parsed = url if isinstance(url, URL) else URL(url)
         except (ValueError, TypeError) as exc:
             raise ConfigError(key, f"not a URL: {exc}") from None
-        if parsed.scheme not in self.schemes:
-            allowed = ", ".join(sorted(self.schemes))
-            raise ConfigError(key, f"scheme {parsed.scheme!r} is not allowed (only {allowed})")
-        if not parsed.host:
-            raise ConfigError(key, "the URL has no host")
         if parsed.user is not None or parsed.password is not None:
             raise ConfigError(key, "credentials in the URL are not allowed; use a header")
+        shown = str(parsed)
+        if parsed.scheme not in self.schemes:
+            allowed = ", ".join(sorted(self.schemes))
+            raise ConfigError(
+                key,
+                f"{shown}: scheme {parsed.scheme!r} is not allowed "
+                f"(only {allowed}: upstreams.allowed_schemes)",
+            )
+        if not parsed.host:
+            raise ConfigError(key, f"{shown}: the URL has no host")
         address = _ip(parsed.host)
         if address is not None:
             reason = self.refusal(address)
             if reason:
-                raise ConfigError(key, f"{parsed.host} {reason}")
+                raise ConfigError(key, f"{shown}: {parsed.host} {reason}")
         return parsed
 
     def refusal(self, address: IPAddress) -> str | None:
@@ -120,9 +133,15 @@ class UrlPolicy:
         if kind == "forbidden":
             return "is an unspecified or multicast address"
         if kind == "private" and not self.allow_private:
-            return "is a private address, and private addresses are blocked"
+            return (
+                "is a private address, and private addresses are blocked "
+                "(upstreams.allow_private: false)"
+            )
         if kind == "public" and not self.allow_public:
-            return "is a public address, and only private addresses are allowed"
+            return (
+                "is a public address, and only private addresses are allowed "
+                "(upstreams.allow_public: false)"
+            )
         return None
 
     def check_address(self, host: str, address: str) -> None:
@@ -170,12 +189,19 @@ class UrlPolicy:
         return trace
 
     def session(
-        self, *, resolver: AbstractResolver | None = None, **kwargs: Any
+        self,
+        *,
+        resolver: AbstractResolver | None = None,
+        connector_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
     ) -> aiohttp.ClientSession:
-        """A ClientSession with this policy's connector and trace checks."""
+        """A ClientSession with this policy's connector (built with ``connector_kwargs``, e.g.
+        pool limits) and trace checks; ``kwargs`` go to the session."""
         traces = [*kwargs.pop("trace_configs", ()), self.trace_config()]
         return aiohttp.ClientSession(
-            connector=self.connector(resolver=resolver), trace_configs=traces, **kwargs
+            connector=self.connector(resolver=resolver, **(connector_kwargs or {})),
+            trace_configs=traces,
+            **kwargs,
         )
 
     def _check_request_url(self, url: URL) -> None:

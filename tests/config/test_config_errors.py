@@ -260,6 +260,82 @@ CASES = [
         3,
         "environment variable TIGHTWAD_TEST_UNSET_TOKEN is not set",
     ),
+    (
+        "ollama-target-without-model-name",
+        "routes:\n  - name: chat\n    target:\n      url: http://10.0.0.7:11434\n"
+        "      backend: ollama\n",
+        "routes[0].target.model_name",
+        3,
+        "is required",
+    ),
+    (
+        "ollama-url-without-scheme",
+        "routes:\n  - name: chat\n    target: {url: '10.0.0.7:11434', model_name: qwen3:8b,"
+        " backend: ollama}\n",
+        "routes[0].target.url",
+        3,
+        "URL scheme must be http or https",
+    ),
+    (
+        "upstream-private-target-blocked",
+        "upstreams:\n  allow_private: false\nroutes:\n  - name: chat\n    target:\n"
+        "      url: http://127.0.0.1:11434\n      model_name: qwen3:8b\n      backend: ollama\n",
+        "routes[0].target.url",
+        6,
+        "http://127.0.0.1:11434: 127.0.0.1 is a private address, and private addresses are "
+        "blocked (upstreams.allow_private: false)",
+    ),
+    (
+        "upstream-scheme-not-allowed",
+        _PROXY + "upstreams:\n  allowed_schemes: [https]\n",
+        "proxy.draft.url",
+        2,
+        "scheme 'http' is not allowed (only https: upstreams.allowed_schemes)",
+    ),
+    (
+        "upstream-public-drafter-blocked",
+        "upstreams: {allow_public: false}\nroutes:\n  - name: chat\n"
+        "    target: {url: 'http://10.0.0.7:11434', model_name: big, backend: ollama}\n"
+        "    draft_model: {url: 'https://8.8.8.8/v1', model_name: small, backend: openai}\n",
+        "routes[0].draft_model.url",
+        5,
+        "8.8.8.8 is a public address, and only private addresses are allowed",
+    ),
+    (
+        "upstream-unknown-scheme",
+        "upstreams:\n  allowed_schemes: [https, ftp]\n",
+        "upstreams.allowed_schemes[1]",
+        2,
+        "must be one of http, https; got 'ftp'",
+    ),
+    (
+        "upstream-no-scheme",
+        "upstreams:\n  allowed_schemes: []\n",
+        "upstreams.allowed_schemes",
+        2,
+        "must allow at least one of http, https",
+    ),
+    (
+        "upstream-nothing-reachable",
+        "upstreams:\n  allow_private: false\n  allow_public: false\n",
+        "upstreams.allow_public",
+        3,
+        "cannot be false when allow_private is false too",
+    ),
+    (
+        "upstream-key-typo",
+        "upstreams:\n  allow_privat: false\n",
+        "upstreams.allow_privat",
+        2,
+        "did you mean 'allow_private'?",
+    ),
+    (
+        "upstream-not-boolean",
+        "upstreams:\n  allow_private: no-thanks\n",
+        "upstreams.allow_private",
+        2,
+        "expected true or false",
+    ),
 ]
 
 

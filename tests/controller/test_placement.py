@@ -168,9 +168,14 @@ def two_hosts() -> list[Candidate]:
     [
         # fits on the roomiest single host's GPU: b coordinates, no RPC
         (facts(24, 100 * MiB), {}, ("CUDA0",), ("b",)),
-        # coordinator pinned to a, too big for its GPU: fewer hosts first, so a's CPU
-        (facts(40, 300 * MiB), {"coordinator": NodeId("a")}, ("CUDA0",), ("a",)),
-        # ... unless a's CPU is excluded: its GPU first, then b's over RPC
+        # coordinator pinned to a, too big for its GPU: b's GPU over RPC beats a's CPU
+        (
+            facts(40, 300 * MiB),
+            {"coordinator": NodeId("a")},
+            ("CUDA0", "RPC[{b}:50060]"),
+            ("a", "b"),
+        ),
+        # ... and the same with a's CPU excluded
         (
             facts(40, 300 * MiB),
             {"coordinator": NodeId("a"), "exclude_device_ids": frozenset({DeviceId("cpu:a")})},
@@ -226,8 +231,66 @@ def test_gpu_before_cpu_and_local_cpu_before_remote() -> None:
     p = plan_placement(req(2048), huge, cands, OPTS)
     check_invariants(p, huge, cands)
     cpu = p.assignments[0]
-    assert cpu.is_cpu and cpu.first_layer == 0 and cpu.n_layers > 0 and cpu.holds_output
-    assert p.n_gpu_layers == 100 - cpu.n_layers  # the first layers stay on the CPU
+    assert cpu.is_cpu and cpu.first_layer == 0 and cpu.n_layers > 0 and not cpu.holds_output
+    # the first layers stay on the CPU; -ngl counts the output head, on the last GPU
+    assert p.n_gpu_layers == 100 - cpu.n_layers + 1
+    assert p.assignments[-1].holds_output
+
+
+def _ranking_cluster() -> list[Candidate]:
+    """a: CPU 64 GiB + 4 GiB GPU; b: CPU 32 GiB + GPU (free as the case says); c: CPU only."""
+    return [
+        cand("a", device("cpu:a", 64 * GiB, backend=Backend.CPU)),
+        cand("a", device("GPU-a", 4 * GiB, index=0, ggml_name="CUDA0")),
+        cand("b", device("cpu:b", 32 * GiB, backend=Backend.CPU)),
+        cand("b", device("GPU-b", 6 * GiB, backend=Backend.VULKAN), port=50060),
+        cand("c", device("cpu:c", 32 * GiB, backend=Backend.CPU), port=50070),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("layers", "cons", "want"),
+    [
+        # 1. all on one GPU beats everything
+        (20, {}, [("b", "Vulkan0", False)]),
+        # 1. all on GPUs over two hosts beats a's GPU + a's CPU (fewer hosts)
+        (60, {"coordinator": NodeId("a")}, [("a", "CUDA0", False), ("b", "RPC", False)]),
+        # 2. GPUs full: the fewest CPU layers, on the coordinator's CPU (3.) not c's
+        (
+            120,
+            {"coordinator": NodeId("a")},
+            [("a", "CPU", True), ("a", "CUDA0", False), ("b", "RPC", False)],
+        ),
+        # 3. a's CPU excluded: remote CPUs only as the last resort, after both GPUs
+        (
+            120,
+            {"coordinator": NodeId("a"), "exclude_device_ids": frozenset({DeviceId("cpu:a")})},
+            [("a", "CUDA0", False), ("b", "RPC", False), ("b", "RPC", True)],
+        ),
+        # 4. a CPU-only world: one host (the coordinator's CPU), not three
+        (
+            30,
+            {"exclude_device_ids": frozenset({DeviceId("GPU-a"), DeviceId("GPU-b")})},
+            [("a", "CPU", True)],
+        ),
+    ],
+)
+def test_ranking_gpu_before_cpu(
+    layers: int, cons: dict[str, object], want: list[tuple[str, str, bool]]
+) -> None:
+    """The ranking table of the placement module docstring, one row per case: (node, device
+    kind, is a CPU) of each assignment holding layers, in order."""
+    cands = _ranking_cluster()
+    model = facts(layers, 100 * MiB)
+    p = plan_placement(req(2048, **cons), model, cands, OPTS)
+    check_invariants(p, model, cands)
+    cpus = {c.device_id for c in cands if c.is_cpu}
+    got = [
+        (a.node_id, "RPC" if a.is_rpc else a.ggml_device, a.device_id in cpus)
+        for a in p.assignments
+        if a.n_layers
+    ]
+    assert got == want, p
 
 
 def test_kv_type_and_context_scale_kv() -> None:

@@ -1,12 +1,17 @@
-"""Helpers of the hardening tier: a live gateway on loopback, RSS, free ports."""
+"""Helpers of the hardening tier: a live gateway on loopback, RSS, free ports, real server
+processes (agent, gateway, controller) with their output and descendants, and the target
+alone's reference answers."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
+import subprocess
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,3 +143,256 @@ async def start_up(
 
     up.drain = asyncio.get_running_loop().create_task(drain())
     return up
+
+
+# --- real server processes (the fault and 64-client load tests) -----------------------------
+
+API_KEY_ENV = "TIGHTWAD_API_KEY"
+_BIN = Path(sys.executable).parent
+
+
+@dataclass
+class ServerProcess:
+    """A ``tightwad-*`` server in its own process; its output is collected by a thread."""
+
+    name: str
+    popen: subprocess.Popen[str]
+    lines: list[str] = field(default_factory=list)
+    ready: threading.Event = field(default_factory=threading.Event)
+    ready_prefix: str = ""
+    ready_line: str = ""
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.lines.append(line)
+            if not self.ready.is_set() and line.startswith(self.ready_prefix):
+                self.ready_line = line.strip()
+                self.ready.set()
+        self.ready.set()  # exited: wake the waiter
+
+    async def wait_ready(self, timeout_s: float = 180.0) -> str:
+        await asyncio.to_thread(self.ready.wait, timeout_s)
+        if not self.ready_line:
+            self.kill()
+            raise RuntimeError(f"{self.name} did not start:\n{self.output()[-3000:]}")
+        return self.ready_line
+
+    def kill(self) -> None:
+        """SIGKILL (no chance to clean up) and reap."""
+        if self.alive:
+            self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait(30)
+
+    def descendants(self) -> list[int]:
+        return descendants(self.pid)
+
+    def sigterm(self) -> None:
+        self.popen.send_signal(signal.SIGTERM)
+
+    async def wait(self, timeout_s: float = 60.0) -> int:
+        """Wait for the exit (SIGKILL after ``timeout_s``). The exit status."""
+        try:
+            return await asyncio.to_thread(self.popen.wait, timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    async def terminate(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM; wait for the exit (SIGKILL after ``timeout_s``). The exit status."""
+        if self.alive:
+            self.popen.send_signal(signal.SIGTERM)
+        try:
+            return await asyncio.to_thread(self.popen.wait, timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+
+def spawn(name: str, argv: list[str], ready_prefix: str, env: dict[str, str] | None = None):
+    """Start ``argv`` (a console script of this venv) with its output collected."""
+    popen = subprocess.Popen(
+        [str(_BIN / argv[0]), *argv[1:]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "TIGHTWAD_LOG_JSON": "0", **(env or {})},
+    )
+    proc = ServerProcess(name, popen, ready_prefix=ready_prefix)
+    threading.Thread(target=proc._read, name=f"read-{name}", daemon=True).start()
+    return proc
+
+
+def cluster_file(tmp: Path, name: str, text: str) -> Path:
+    path = tmp / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def start_agent(
+    tmp: Path,
+    model: Path,
+    *,
+    name: str,
+    port: int,
+    model_id: str = "smollm",
+    ctx_size: int = 512,
+    max_sessions: int = 8,
+    threads: int = 1,
+    config: str = "",
+    controller: str | None = None,
+) -> ServerProcess:
+    """``tightwad-agent`` serving ``model`` in its embedded engine on 127.0.0.1:port."""
+    cfg = cluster_file(tmp, f"agent-{name}", config or "agents:\n  host: 127.0.0.1\n")
+    argv = [
+        "tightwad-agent", "-c", str(cfg), "--name", name, "--listen", f"127.0.0.1:{port}",
+        "--model", str(model), "--model-id", model_id, "--ctx-size", str(ctx_size),
+        "--max-sessions", str(max_sessions), "--threads", str(threads), "--log-level", "warning",
+    ]  # fmt: skip
+    if controller:
+        argv += ["--controller", controller]
+    return spawn(name, argv, f"tightwad-agent {name} listening on ")
+
+
+def start_gateway_process(
+    tmp: Path, *, port: int, api_key: str, config: str, name: str = "gateway"
+) -> ServerProcess:
+    """``tightwad-gateway`` on 127.0.0.1:port; the key comes from the environment."""
+    cfg = cluster_file(tmp, name, config)
+    argv = ["tightwad-gateway", "-c", str(cfg), "--port", str(port), "--log-level", "warning"]
+    return spawn(name, argv, "tightwad-gateway listening on ", env={API_KEY_ENV: api_key})
+
+
+def start_controller_process(
+    tmp: Path, *, port: int, state: Path, config: str = "", name: str = "controller"
+) -> ServerProcess:
+    cfg = cluster_file(tmp, name, config or "controller:\n  host: 127.0.0.1\n")
+    argv = [
+        "tightwad-controller", "-c", str(cfg), "--listen", f"127.0.0.1:{port}",
+        "--state", str(state), "--log-level", "warning",
+    ]  # fmt: skip
+    return spawn(name, argv, "tightwad-controller listening on ")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from /proc's parent links)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z":
+            parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The target alone's greedy answer to a chat prompt (one plain step at a time), with the
+    top-1 minus top-2 logprob gap at each step (see :data:`support.NEAR_TIE_LOGPROB_GAP`)."""
+
+    tokens: tuple[int, ...]
+    gaps: tuple[float, ...]
+    pieces: tuple[bytes, ...]
+
+    @property
+    def text(self) -> str:
+        from tightwad.spec.detok import IncrementalDetokenizer
+
+        det = IncrementalDetokenizer(list(self.pieces))
+        return "".join(det.push(t) for t in self.tokens) + det.flush()
+
+    def divergence(self, text: str) -> int | None:
+        """Index of the first reference token the output ``text`` does not continue with."""
+        from tightwad.spec.detok import IncrementalDetokenizer
+
+        det = IncrementalDetokenizer(list(self.pieces))
+        so_far = ""
+        for i, tok in enumerate(self.tokens):
+            so_far += det.push(tok)
+            if not text.startswith(so_far):
+                return i
+        so_far += det.flush()
+        return None if text == so_far else len(self.tokens)
+
+    def check(self, text: str, what: str) -> bool:
+        """Assert ``text`` is this answer or departs from it only at a near-tie; whether equal."""
+        from support import NEAR_TIE_LOGPROB_GAP
+
+        i = self.divergence(text)
+        if i is None:
+            return True
+        assert i < len(self.gaps) and self.gaps[i] < NEAR_TIE_LOGPROB_GAP, (
+            f"{what}: output departs from the target alone at token {i} (top-2 gap "
+            f"{self.gaps[i] if i < len(self.gaps) else 'n/a'}): {text!r} vs {self.text!r}"
+        )
+        return False
+
+
+async def target_alone(address: str, model: str, prompts: Sequence[str], n: int):
+    """:class:`Reference` answers of the engine at ``address`` for each chat prompt."""
+    from tightwad.gateway.engine_client import EngineClient
+    from tightwad.spec.sampling import SamplingConfig
+
+    client = EngineClient(address, model)
+    try:
+        pieces, _special, _fp = await client.vocabulary()
+        eog = (await client.info()).eog_token_ids
+        out: dict[str, Reference] = {}
+        for content in prompts:
+            prompt = await client.render_chat([("user", content, "")])
+            session = client.session(timeout_s=120)
+            await session.open(prompt, SamplingConfig(), top_logprobs=2)
+            tokens: list[int] = []
+            gaps: list[float] = []
+            for _ in range(n):
+                v = await session.verify([])
+                top = v.logprobs[0].top
+                gaps.append(top[0].logprob - top[1].logprob)
+                if v.next_token in eog:
+                    break
+                tokens.append(v.next_token)
+            await session.close()
+            out[content] = Reference(tuple(tokens), tuple(gaps), tuple(pieces))
+        return out
+    finally:
+        await client.close()
+
+
+async def live_sessions(address: str, model: str) -> int:
+    from tightwad.gateway.engine_client import EngineClient
+
+    client = EngineClient(address, model)
+    try:
+        return (await client.info()).live_sessions
+    finally:
+        await client.close()

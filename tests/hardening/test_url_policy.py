@@ -2,7 +2,8 @@
 
 The rebinding tests use a resolver stub (a name answers a private address first, a public one
 next) in front of a real aiohttp server on loopback: the first request reaches it, the second
-is refused before any connection is made.
+is refused before any connection is made. The adapter tests build each HTTP adapter with a
+policy (as ``upstreams`` in the cluster file does) against the Ollama double on loopback.
 """
 
 from __future__ import annotations
@@ -13,10 +14,18 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from agent.fake_ollama import FakeOllama, serve
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from tightwad.errors import ConfigError
+from tightwad.agent.adapters._base import AdapterConfig, HttpEngine
+from tightwad.agent.adapters.llama_server import LlamaServerEngine
+from tightwad.agent.adapters.ollama import OllamaEngine
+from tightwad.agent.adapters.openai_compat import OpenAICompatEngine
+from tightwad.config import config_from_mapping
+from tightwad.errors import ConfigError, UnavailableError
+from tightwad.gateway.routes import build_routes
+from tightwad.spec.sampling import SamplingConfig
 from tightwad.url_policy import BlockedAddressError, UrlPolicy, classify_address
 
 PRIVATE_ONLY = UrlPolicy(allow_public=False)
@@ -210,3 +219,96 @@ async def test_redirect_to_another_scheme_is_refused(upstream: tuple[int, list[s
         with pytest.raises(aiohttp.InvalidUrlClientError):
             async with session.get(f"http://127.0.0.1:{port}/ok") as resp:
                 await resp.read()
+
+
+# --- the policy in the HTTP adapters and the gateway's routes ------------------------------
+
+ADAPTERS: list[type[HttpEngine]] = [LlamaServerEngine, OllamaEngine, OpenAICompatEngine]
+
+
+@pytest.fixture
+async def ollama() -> AsyncIterator[tuple[FakeOllama, int]]:
+    fake = FakeOllama()
+    async for url in serve(fake):
+        yield fake, int(url.rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS, ids=lambda c: c.kind)
+def test_every_adapter_refuses_a_blocked_address_when_built(adapter: type[HttpEngine]) -> None:
+    cfg = AdapterConfig(
+        model_id="m",
+        url="http://127.0.0.1:11434",
+        url_policy=PUBLIC_ONLY,
+        url_key="routes.0.target.url",
+    )
+    with pytest.raises(ConfigError) as caught:
+        adapter(cfg)  # type: ignore[call-arg]
+    assert caught.value.key_path == "routes.0.target.url"
+    assert caught.value.reason == (
+        "http://127.0.0.1:11434: 127.0.0.1 is a private address, and private addresses are "
+        "blocked (upstreams.allow_private: false)"
+    )
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS, ids=lambda c: c.kind)
+def test_every_adapter_refuses_a_scheme_outside_the_allow_list(
+    adapter: type[HttpEngine],
+) -> None:
+    cfg = AdapterConfig(
+        model_id="m", url="http://10.0.0.7:8080", url_policy=UrlPolicy(schemes=frozenset({"https"}))
+    )
+    with pytest.raises(ConfigError, match=r"^url: http://10\.0\.0\.7:8080: scheme 'http' is not"):
+        adapter(cfg)  # type: ignore[call-arg]
+
+
+async def test_an_allowed_upstream_is_served(ollama: tuple[FakeOllama, int]) -> None:
+    fake, port = ollama
+    cfg = AdapterConfig(
+        model_id="m", url=f"http://127.0.0.1:{port}", server_model="toy", url_policy=PRIVATE_ONLY
+    )
+    engine = await OllamaEngine.connect(cfg)
+    try:
+        ids = await engine.tokenize("Hello", add_special=True, parse_special=True)
+        s, _, _ = await engine.open_session(ids, SamplingConfig())
+        got = [t async for t, _lp, _why in s.generate(6)]
+        s.release()
+    finally:
+        await engine.close()
+    assert len(got) == 6 and fake.requests
+
+
+async def test_a_host_name_is_checked_when_the_adapter_connects(
+    ollama: tuple[FakeOllama, int],
+) -> None:
+    fake, port = ollama
+    cfg = AdapterConfig(
+        model_id="m", url=f"http://localhost:{port}", server_model="toy", url_policy=PUBLIC_ONLY
+    )
+    engine = OllamaEngine(cfg)  # a name passes the static check: it is checked per connection
+    try:
+        with pytest.raises(UnavailableError) as caught:
+            await engine.start()
+    finally:
+        await engine.close()
+    message = str(caught.value)
+    assert f"Ollama at http://localhost:{port}/api/version refused by the upstream URL" in message
+    assert "'localhost' resolved to" in message and "upstreams.allow_private: false" in message
+    assert fake.requests == []
+
+
+async def test_the_gateway_builds_adapters_under_the_files_policy(
+    ollama: tuple[FakeOllama, int],
+) -> None:
+    _fake, port = ollama
+    target = {"url": f"http://localhost:{port}", "model_name": "toy", "backend": "ollama"}
+    routes = [{"name": "chat", "target": target}]
+    built = await build_routes(config_from_mapping({"routes": routes}))
+    await built.close()
+    blocked = config_from_mapping({"routes": routes, "upstreams": {"allow_private": False}})
+    with pytest.raises(UnavailableError, match="refused by the upstream URL policy"):
+        await build_routes(blocked)
+    literal = {**target, "url": f"http://127.0.0.1:{port}"}
+    with pytest.raises(ConfigError, match=r"^routes\[0\]\.target\.url: http://127\.0\.0\.1"):
+        config_from_mapping(
+            {"routes": [{"name": "chat", "target": literal}], "upstreams": {"allow_private": False}}
+        )

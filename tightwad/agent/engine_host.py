@@ -15,7 +15,9 @@ Guarantees:
 - The model is loaded (and every RPC endpoint probed) before the gRPC server listens, so the
   health of ``tightwad.v1.EngineService`` is SERVING only once the engine can answer.
 - The cluster token comes from ``$TIGHTWAD_ENGINE_TOKEN`` (never the command line, which
-  every local user can read); without it the Engine service is open.
+  every local user can read); without it the Engine service is open. The cluster's mutual TLS
+  files come from ``$TIGHTWAD_ENGINE_TLS_{CA,CERT,KEY}`` (set by the agent when
+  ``cluster.tls`` is configured): then it serves TLS only, requiring a cluster certificate.
 - A watchdog ends the process (exit status :data:`EXIT_RPC_PEER_LOST`) as soon as the TCP
   connection to one of its rpc-servers is gone (read from ``/proc/self/net``, no traffic of its
   own), rather than waiting for the next decode to abort: the supervisor then restarts it
@@ -41,7 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tightwad.agent.engine.core import EngineConfig
-from tightwad.agent.server import AgentServer, AgentSettings
+from tightwad.agent.server import AgentServer, AgentSettings, tls_from_env
+from tightwad.config import TlsConfig
 from tightwad.errors import TightwadError
 from tightwad.logs import configure_logging, get_logger
 
@@ -74,6 +77,7 @@ class EngineHostSettings:
     token: str | None = None
     stop_grace_s: float = 5.0
     watch_interval_s: float = _WATCH_INTERVAL_S
+    tls: TlsConfig | None = None
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -132,7 +136,9 @@ def settings_from_args(ns: argparse.Namespace, env: dict[str, str]) -> EngineHos
         devices=ns.devices,
         tensor_split=ns.tensor_split,
     )
-    return EngineHostSettings(listen=ns.listen, engine=engine, token=env.get(TOKEN_ENV) or None)
+    return EngineHostSettings(
+        listen=ns.listen, engine=engine, token=env.get(TOKEN_ENV) or None, tls=tls_from_env(env)
+    )
 
 
 # --- the watchdog --------------------------------------------------------------------------
@@ -241,6 +247,7 @@ async def serve(settings: EngineHostSettings) -> int:
             engines=(settings.engine,),
             node_service=False,
             stop_grace_s=settings.stop_grace_s,
+            tls=settings.tls,
         )
     )
     loop = asyncio.get_running_loop()
@@ -285,6 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from_args(ns, dict(os.environ))
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
+    except TightwadError as exc:  # TLS environment set by half
+        print(f"tightwad-engine-host: {exc}", file=sys.stderr, flush=True)
+        return 2
     try:
         return asyncio.run(serve(settings))
     except TightwadError as exc:

@@ -12,8 +12,11 @@ the listen address). ``--engine-only`` runs an engine host: one engine, no Node 
 supervisor; the agent's supervisor starts those itself for pooled models.
 
 Settings come from the cluster file (``agents`` section, the entry named ``--name``, default
-the hostname); with no file anywhere, the single-host defaults. SIGINT/SIGTERM stop it
-gracefully: health NOT_SERVING, in-flight calls drained, every child process stopped, exit 0.
+the hostname); with no file anywhere, the single-host defaults. With ``cluster.tls`` it serves
+and dials the controller over mutual TLS (a missing certificate file: exit 2, naming the key).
+SIGINT/SIGTERM stop it gracefully: health NOT_SERVING, new calls refused, in-flight calls
+(engine sessions) given ``cluster.drain_timeout_s`` to finish, every child process stopped,
+exit 0.
 """
 
 from __future__ import annotations
@@ -111,6 +114,7 @@ def settings_from_config(cfg: ClusterConfig, ns: argparse.Namespace) -> AgentSet
             llama_server_name=cfg.binaries.coordinator,
         ),
         supervisor=SupervisorSettings(bind=bind),
+        stop_grace_s=cfg.cluster.drain_timeout_s,
         # Register when told where the controller is: --controller, or controller.address in the
         # cluster file (the address agents and clients dial).
         controller=ns.controller or cfg.controller.address,
@@ -121,6 +125,7 @@ def settings_from_config(cfg: ClusterConfig, ns: argparse.Namespace) -> AgentSet
             batch_size=cfg.engine.batch_size,
             threads=ns.threads or cfg.engine.threads or 0,
         ),
+        tls=cfg.cluster.tls,
     )
 
 

@@ -13,13 +13,19 @@ protocol version, join token), then sends a heartbeat with the current inventory
 interval the controller asked for, and at once whenever a process or engine changes, so the
 controller hears of a dead rpc-server within a round trip. A broken stream is reopened with
 capped exponential backoff; the controller treats the new hello as a re-attach.
+
+With ``AgentSettings.tls`` (the cluster file's ``cluster.tls``) the server requires a client
+certificate from the cluster CA, the controller link presents this host's certificate, and
+engine hosts started by the supervisor get the same files (their paths, through
+``TIGHTWAD_ENGINE_TLS_*`` in their environment) and are probed over TLS. The files are read
+before anything loads, so a missing one fails the start with its config key and path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,8 +44,11 @@ from tightwad.agent.node_service import (
 )
 from tightwad.agent.processes import Supervisor, SupervisorSettings
 from tightwad.clock import Clock, SystemClock
+from tightwad.config import TlsConfig
+from tightwad.errors import ConfigError
 from tightwad.logs import get_logger
-from tightwad.rpc import GrpcServer, ServiceRegistration, client_channel
+from tightwad.rpc import GrpcServer, ServiceRegistration, client_channel, failure_details
+from tightwad.tls import TlsFiles, channel_credentials, read_tls_files, server_credentials
 from tightwad.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -49,7 +58,15 @@ from tightwad.v1 import (
     engine_pb2_grpc,
 )
 
-__all__ = ["PROTOCOL_VERSION", "AgentServer", "AgentSettings", "ControllerLink"]
+__all__ = [
+    "ENGINE_TLS_ENV",
+    "PROTOCOL_VERSION",
+    "AgentServer",
+    "AgentSettings",
+    "ControllerLink",
+    "engine_tls_env",
+    "tls_from_env",
+]
 
 log = get_logger("tightwad.agent")
 
@@ -57,6 +74,31 @@ log = get_logger("tightwad.agent")
 PROTOCOL_VERSION = "1"
 _ENGINE_TOKEN_ENV = "TIGHTWAD_ENGINE_TOKEN"  # tightwad.agent.engine_host.TOKEN_ENV
 _REFUSED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION})
+# The cluster.tls paths handed to an engine host (ca, cert, key): paths, not secrets.
+ENGINE_TLS_ENV = (
+    "TIGHTWAD_ENGINE_TLS_CA",
+    "TIGHTWAD_ENGINE_TLS_CERT",
+    "TIGHTWAD_ENGINE_TLS_KEY",
+)
+
+
+def engine_tls_env(tls: TlsConfig | None) -> dict[str, str]:
+    """The environment that tells an engine host to serve with ``tls`` (empty: plain)."""
+    if tls is None:
+        return {}
+    paths = (tls.ca_file, tls.cert_file, tls.key_file)
+    return {name: str(Path(p).expanduser()) for name, p in zip(ENGINE_TLS_ENV, paths, strict=True)}
+
+
+def tls_from_env(env: Mapping[str, str]) -> TlsConfig | None:
+    """The inverse of :func:`engine_tls_env`: all three variables, or none of them."""
+    values = [env.get(name, "") for name in ENGINE_TLS_ENV]
+    if not any(values):
+        return None
+    missing = [name for name, v in zip(ENGINE_TLS_ENV, values, strict=True) if not v]
+    if missing:
+        raise ConfigError(missing[0], "set all of " + ", ".join(ENGINE_TLS_ENV) + " or none")
+    return TlsConfig(ca_file=Path(values[0]), cert_file=Path(values[1]), key_file=Path(values[2]))
 
 
 class _StreamEnded(Exception):
@@ -69,7 +111,7 @@ class AgentSettings:
 
     ``controller``: the controller's address to register with (None: stand alone);
     ``advertise``: the address the controller and gateway dial this agent on (default: the
-    bound listen address).
+    bound listen address); ``tls``: the cluster's mutual TLS (None: plain text + token).
     """
 
     listen: str = "127.0.0.1:50061"
@@ -87,6 +129,7 @@ class AgentSettings:
     controller: str | None = None
     advertise: str | None = None
     heartbeat_refresh_s: float = 30.0
+    tls: TlsConfig | None = None
 
 
 class AgentServer:
@@ -94,12 +137,16 @@ class AgentServer:
         self.settings = settings
         self.registry = EngineRegistry()
         self.node: Node | None = None
+        # Read (and checked) now: a missing file fails before any model loads.
+        self._tls: TlsFiles | None = read_tls_files(settings.tls) if settings.tls else None
         if settings.node_service:
             engine_env = {_ENGINE_TOKEN_ENV: settings.token} if settings.token else {}
+            engine_env.update(engine_tls_env(settings.tls))
             supervisor = Supervisor(
                 settings.binaries,
                 settings=settings.supervisor,
                 engine_env=engine_env,
+                probe_credentials=channel_credentials(self._tls),
                 devices=lambda device_id: self.node.device(device_id) if self.node else None,
             )
             self.node = Node(
@@ -148,7 +195,12 @@ class AgentServer:
         for cfg in self.settings.engines:
             self.registry.add(await Engine.load(cfg))
         services: Sequence[ServiceRegistration] = self._services()
-        self._server = GrpcServer(services, address=self.settings.listen, token=self.settings.token)
+        self._server = GrpcServer(
+            services,
+            address=self.settings.listen,
+            token=self.settings.token,
+            server_credentials=server_credentials(self._tls),
+        )
         await self._server.start()
         if self.settings.controller and self.node is not None:
             self.link = ControllerLink(
@@ -158,6 +210,7 @@ class AgentServer:
                 advertise=self.settings.advertise or self.address,
                 token=self.settings.token,
                 refresh_s=self.settings.heartbeat_refresh_s,
+                credentials=channel_credentials(self._tls),
             )
             self._link_task = asyncio.create_task(self.link.run(), name="controller-link")
         log.info(
@@ -166,6 +219,7 @@ class AgentServer:
             address=self.address,
             engines=len(self.settings.engines),
             controller=self.settings.controller or "",
+            tls=self._tls is not None,
         )
         return self.address
 
@@ -190,7 +244,8 @@ class AgentServer:
 
 class ControllerLink:
     """This agent's registration and heartbeat stream to the controller (see the module
-    docstring). ``run()`` until cancelled; ``attached`` tells whether a stream is up."""
+    docstring). ``run()`` until cancelled; ``attached`` tells whether a stream is up, and
+    ``last_error`` why the last attempt failed (empty once attached)."""
 
     def __init__(
         self,
@@ -203,17 +258,20 @@ class ControllerLink:
         refresh_s: float = 30.0,
         clock: Clock | None = None,
         max_backoff_s: float = 10.0,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self._node = node
         self._controller = controller
         self._node_id = node_id
         self._advertise = advertise
         self._token = token
+        self._credentials = credentials
         self._refresh_s = refresh_s
         self._clock: Clock = clock or SystemClock()
         self._max_backoff_s = max_backoff_s
         self.attached = asyncio.Event()
         self.sessions = 0
+        self.last_error = ""
 
     async def run(self) -> None:
         failures = 0
@@ -222,12 +280,14 @@ class ControllerLink:
                 await self._session()
             except grpc.aio.AioRpcError as exc:
                 failures += 1
+                details = failure_details(exc)
+                self.last_error = f"{self._controller}: {exc.code().name}: {details}"
                 level = log.error if exc.code() in _REFUSED else log.warning
                 level(
                     "controller_link_failed",
                     controller=self._controller,
                     code=exc.code().name,
-                    details=exc.details(),
+                    details=details,
                 )
             except (_StreamEnded, TimeoutError) as exc:
                 failures = 1 if self.attached.is_set() else failures + 1
@@ -260,7 +320,9 @@ class ControllerLink:
             while True:
                 yield await outbox.get()
 
-        async with client_channel(self._controller, token=self._token) as channel:
+        async with client_channel(
+            self._controller, token=self._token, credentials=self._credentials
+        ) as channel:
             call = controller_pb2_grpc.ControllerServiceStub(channel).Register(requests())
             tasks: list[asyncio.Task[None]] = []
             try:
@@ -269,6 +331,7 @@ class ControllerLink:
                     raise _StreamEnded("the controller closed the stream without a welcome")
                 interval = max(first.welcome.heartbeat_interval_ms / 1000.0, 0.05)
                 self.sessions += 1
+                self.last_error = ""
                 self.attached.set()
                 log.info("controller_attached", controller=self._controller, node=self._node_id)
                 tasks = [

@@ -4,26 +4,29 @@
 that follow (events, logs) run until the caller stops reading. Failures surface as
 :mod:`tightwad.errors` types, two of them specific to a person at a terminal:
 
-- :class:`ControllerUnreachable` — no connection could be made (refused, unknown host, or no
-  answer before the deadline). Raised before the first call, so a controller that answers
-  ``UNAVAILABLE`` about something else is never mistaken for a missing one.
+- :class:`ControllerUnreachable` — no connection could be made (refused, unknown host, a
+  failed TLS handshake, or no answer before the deadline); ``reason`` says which, in gRPC's
+  words plus a hint for a TLS mismatch. Raised before the first call, so a controller that
+  answers ``UNAVAILABLE`` about something else is never mistaken for a missing one.
 - :class:`TokenRefused` — the service (controller or agent) answered ``UNAUTHENTICATED``.
 
-Replies are converted to the controller's domain values (``NodeRecord``, ``Deployment``,
-``Placement``, ``Event``); requests are built with :mod:`tightwad.controller.convert`, whose
-``*_to_proto`` direction this module reuses. ``controller.convert`` has no ``*_from_proto``
-for nodes, deployments, placements and events, so that direction lives here.
+With ``credentials`` (the cluster's mutual TLS, :func:`tightwad.tls.channel_credentials`)
+every channel, to the controller and to agents for logs, speaks TLS and presents them.
+
+Replies and requests are converted with :mod:`tightwad.controller.convert` (both directions:
+nodes, deployments, placements, events), so the CLI holds no wire conversion of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tightwad.agent.processes.domain import LogLine
 from tightwad.controller.convert import (
@@ -41,7 +44,7 @@ from tightwad.controller.domain import (
 )
 from tightwad.controller.placement import Placement
 from tightwad.errors import AuthenticationError, NotFoundError, UnavailableError
-from tightwad.rpc import client_channel, translate_rpc_error
+from tightwad.rpc import client_channel, failure_details, translate_rpc_error
 from tightwad.v1 import agent_pb2, agent_pb2_grpc, controller_pb2, controller_pb2_grpc
 
 __all__ = [
@@ -53,7 +56,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-E = TypeVar("E", bound=enum.Enum)
+_GRPC_PREAMBLE = re.compile(r"^failed to connect to all addresses; last error: \w+: \S+?:\d+: ")
 
 
 class ControllerUnreachable(UnavailableError):
@@ -62,6 +65,7 @@ class ControllerUnreachable(UnavailableError):
     def __init__(self, address: str, reason: str) -> None:
         super().__init__(f"cannot reach the controller at {address}: {reason}")
         self.address = address
+        self.reason = reason
 
 
 class TokenRefused(AuthenticationError):
@@ -81,7 +85,13 @@ class ClusterStatus:
 
 
 class ChannelFactory(Protocol):
-    def __call__(self, address: str, *, token: str | None = None) -> grpc.aio.Channel: ...
+    def __call__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> grpc.aio.Channel: ...
 
 
 # --- the client ---------------------------------------------------------------------------
@@ -90,7 +100,8 @@ class ChannelFactory(Protocol):
 class ControllerClient:
     """Async client of ControllerService; ``async with`` closes its channels.
 
-    ``timeout`` (seconds) bounds connecting and every unary call.
+    ``timeout`` (seconds) bounds connecting and every unary call; ``credentials`` turn on
+    mutual TLS (None: plain text). The token is sent either way.
     """
 
     def __init__(
@@ -99,13 +110,15 @@ class ControllerClient:
         *,
         token: str | None = None,
         timeout: float = 10.0,
+        credentials: grpc.ChannelCredentials | None = None,
         channel_factory: ChannelFactory = client_channel,
     ) -> None:
         self.address = address
         self._token = token
         self._timeout = timeout
+        self._credentials = credentials
         self._factory = channel_factory
-        self._channel = channel_factory(address, token=token)
+        self._channel = channel_factory(address, token=token, credentials=credentials)
         self._stub = controller_pb2_grpc.ControllerServiceStub(self._channel)
         self._connected = False
 
@@ -217,7 +230,9 @@ class ControllerClient:
         """A process's log lines from its node's agent (address from ListNodes)."""
         node = await self._node(node_id)
         service = f"the agent of node {node_id} at {node.record.address}"
-        channel = self._factory(node.record.address, token=self._token)
+        channel = self._factory(
+            node.record.address, token=self._token, credentials=self._credentials
+        )
         try:
             await _wait_ready(channel, self._timeout, node.record.address, service)
             stub = agent_pb2_grpc.NodeServiceStub(channel)
@@ -252,11 +267,27 @@ async def _wait_ready(
                     grpc.ChannelConnectivity.TRANSIENT_FAILURE,
                     grpc.ChannelConnectivity.SHUTDOWN,
                 ):
-                    raise _unreachable(address, service, "connection failed")
+                    raise _unreachable(address, service, await _why_failed(channel))
                 await channel.wait_for_state_change(state)
                 state = channel.get_state(try_to_connect=True)
     except TimeoutError:
         raise _unreachable(address, service, f"no answer within {limit_s:g} s") from None
+
+
+async def _why_failed(channel: grpc.aio.Channel) -> str:
+    """What the failed connection ran into (refused, TLS handshake...), in gRPC's words.
+
+    Channel states carry no reason, so ask once: a health Check (exempt from the token) that
+    fails at once with the connection's last error.
+    """
+    try:
+        await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=2.0, wait_for_ready=False
+        )
+    except grpc.aio.AioRpcError as exc:
+        # The address is in our message already: keep what went wrong with it.
+        return _GRPC_PREAMBLE.sub("", failure_details(exc)) or "connection failed"
+    return "connection failed"
 
 
 def _unreachable(address: str, service: str, reason: str) -> UnavailableError:

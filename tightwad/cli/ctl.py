@@ -3,7 +3,9 @@
 Where it connects: ``--controller HOST:PORT``, else the cluster file's
 ``controller.dial_address`` (``-c``, ``$TIGHTWAD_CONFIG``, ``./configs/cluster.yaml``), else
 the controller's default ``127.0.0.1:50051``. The token: ``--token``, else ``$TIGHTWAD_TOKEN``,
-else the file's ``cluster.token``. A token is never printed.
+else the file's ``cluster.token``. A token is never printed. Mutual TLS: ``--tls-ca``,
+``--tls-cert``, ``--tls-key`` (all three), else ``$TIGHTWAD_TLS_CA`` / ``_CERT`` / ``_KEY``,
+else the file's ``cluster.tls``; none of them: plain text.
 
 Exit codes: 0 done; 1 an error (its message), a refused plan, a deployment that failed;
 2 usage; 3 the controller cannot be reached; 4 the token was refused; 130 interrupted.
@@ -21,8 +23,10 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import grpc
 import structlog
 
 from tightwad import __version__
@@ -33,13 +37,15 @@ from tightwad.config import (
     DEFAULT_CONFIG_PATH,
     ClusterConfig,
     ControllerConfig,
+    TlsConfig,
     load_config,
 )
 from tightwad.controller.domain import Deployment, DeploymentSpec, DeploymentState, ServeMode
 from tightwad.controller.ids import DeviceId, NodeId
 from tightwad.controller.placement import Constraints
-from tightwad.errors import InvalidRequestError, NotFoundError, TightwadError
+from tightwad.errors import ConfigError, InvalidRequestError, NotFoundError, TightwadError
 from tightwad.logs import configure_logging
+from tightwad.tls import CONFIG_KEYS, channel_credentials, read_tls_files
 
 __all__ = [
     "EXIT_ERROR",
@@ -57,6 +63,8 @@ EXIT_UNREACHABLE = 3
 EXIT_TOKEN = 4
 EXIT_INTERRUPTED = 130
 TOKEN_ENV_VAR = "TIGHTWAD_TOKEN"
+TLS_ENV_VARS = ("TIGHTWAD_TLS_CA", "TIGHTWAD_TLS_CERT", "TIGHTWAD_TLS_KEY")
+_TLS_FLAGS = ("--tls-ca", "--tls-cert", "--tls-key")
 BENCH_MODULE = "benchmarks.run"
 _TERMINAL = (DeploymentState.SERVING, DeploymentState.FAILED, DeploymentState.STOPPED)
 
@@ -70,9 +78,12 @@ class CtlContext:
     timeout: float
     json: bool
     config: ClusterConfig | None
+    credentials: grpc.ChannelCredentials | None = None
 
     def client(self) -> ControllerClient:
-        return ControllerClient(self.address, token=self.token, timeout=self.timeout)
+        return ControllerClient(
+            self.address, token=self.token, timeout=self.timeout, credentials=self.credentials
+        )
 
 
 # --- the parser ---------------------------------------------------------------------------
@@ -146,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-c", "--config", help=f"cluster file (default: ${CONFIG_ENV_VAR}, {DEFAULT_CONFIG_PATH})"
     )
+    for flag, env, what in zip(
+        _TLS_FLAGS, TLS_ENV_VARS, ("CA", "client certificate", "client key"), strict=True
+    ):
+        p.add_argument(
+            flag, metavar="PEM", help=f"mutual TLS: {what} (default: ${env}, cluster.tls)"
+        )
     p.add_argument("--json", action="store_true", help="one JSON document for scripts")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="per call deadline")
     p.add_argument("--log-level", default="warning")
@@ -171,7 +188,28 @@ def context_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> CtlCo
     token = args.token or env.get(TOKEN_ENV_VAR) or (cfg.cluster.token if cfg else None)
     if args.timeout <= 0:
         raise InvalidRequestError(f"--timeout must be > 0, got {args.timeout:g}")
-    return CtlContext(address, token or None, args.timeout, args.json, cfg)
+    credentials = _credentials(args, env, cfg)
+    return CtlContext(address, token or None, args.timeout, args.json, cfg, credentials)
+
+
+def _credentials(
+    args: argparse.Namespace, env: Mapping[str, str], cfg: ClusterConfig | None
+) -> grpc.ChannelCredentials | None:
+    """Mutual TLS from the flags, else the environment, else ``cluster.tls``; files read now."""
+    for values, names in (
+        ([args.tls_ca, args.tls_cert, args.tls_key], _TLS_FLAGS),
+        ([env.get(name) for name in TLS_ENV_VARS], TLS_ENV_VARS),
+    ):
+        if any(values):
+            if not all(values):
+                missing = next(n for n, v in zip(names, values, strict=True) if not v)
+                raise ConfigError(missing, "give all three of " + ", ".join(names) + " or none")
+            tls = TlsConfig(*(Path(v) for v in values if v))
+            keys = (names[0], names[1], names[2])
+            return channel_credentials(read_tls_files(tls, keys=keys))
+    if cfg is not None and cfg.cluster.tls is not None:
+        return channel_credentials(read_tls_files(cfg.cluster.tls, keys=CONFIG_KEYS))
+    return None
 
 
 # --- output -------------------------------------------------------------------------------
@@ -446,9 +484,10 @@ def run_bench(argv: list[str]) -> int:
 # --- entry point --------------------------------------------------------------------------
 
 
-def unreachable_message(address: str) -> str:
+def unreachable_message(address: str, reason: str = "") -> str:
+    why = f": {reason}" if reason else ""
     return (
-        f"cannot reach the controller at {address} (is tightwad-controller running? "
+        f"cannot reach the controller at {address}{why} (is tightwad-controller running? "
         "--controller / controller.port in the config)"
     )
 
@@ -477,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx = context_from_args(args, os.environ)
         return asyncio.run(run_command(ctx, args))
     except ControllerUnreachable as exc:
-        _error(unreachable_message(exc.address))
+        _error(unreachable_message(exc.address, exc.reason))
         return EXIT_UNREACHABLE
     except TokenRefused as exc:
         _error(token_message(exc.service))

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import grpc
 
 from tightwad.cli import ctl
 from tightwad.cli._foreground import run_until_signal
@@ -49,6 +50,7 @@ from tightwad.errors import TightwadError
 from tightwad.gateway.engine_client import EngineClient
 from tightwad.gateway.loop import RouteSpec
 from tightwad.gateway.server import GatewayServer, settings_from_config
+from tightwad.tls import channel_credentials
 
 __all__ = ["SEED_COMMANDS", "add_seed_commands", "run_seed"]
 
@@ -361,7 +363,10 @@ async def _served_models(cfg: ClusterConfig, env: Mapping[str, str]) -> dict[str
     token = env.get(ctl.TOKEN_ENV_VAR) or cfg.cluster.token
     try:
         async with ControllerClient(
-            cfg.controller.dial_address, token=token, timeout=5.0
+            cfg.controller.dial_address,
+            token=token,
+            timeout=5.0,
+            credentials=channel_credentials(cfg.cluster.tls),
         ) as client:
             deps = await client.deployments()
     except TightwadError:
@@ -373,13 +378,18 @@ async def _served_models(cfg: ClusterConfig, env: Mapping[str, str]) -> dict[str
     }
 
 
-def _route_spec(plan: RoutePlan, token: str | None) -> RouteSpec:
+def _route_spec(
+    plan: RoutePlan, token: str | None, credentials: grpc.ChannelCredentials | None = None
+) -> RouteSpec:
     assert plan.target is not None
+    target, drafters = plan.target, plan.drafters
     return RouteSpec(
         name=plan.route.name,
-        target=EngineClient(plan.target.address, plan.target.model, token=token),
+        target=EngineClient(target.address, target.model, token=token, credentials=credentials),
         draft_mode=plan.draft_mode,  # type: ignore[arg-type]
-        drafters=tuple(EngineClient(d.address, d.model, token=token) for d in plan.drafters),
+        drafters=tuple(
+            EngineClient(d.address, d.model, token=token, credentials=credentials) for d in drafters
+        ),
         max_draft_tokens=plan.route.max_draft_tokens,
     )
 
@@ -404,7 +414,7 @@ async def build_proxy(
     key = env.get(API_KEY_ENV_VAR) or (cfg.proxy.auth_token if cfg.proxy else None)
     host, port = _listen(cfg)
     server = GatewayServer(
-        [_route_spec(p, token) for p in usable],
+        [_route_spec(p, token, channel_credentials(cfg.cluster.tls)) for p in usable],
         settings_from_config(cfg, api_key=key),
         host=host,
         port=port,

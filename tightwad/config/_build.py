@@ -54,8 +54,10 @@ from tightwad.config._tables import (
     gateway_table,
     model_table,
     route_table,
+    upstreams,
     version,
 )
+from tightwad.url_policy import UrlPolicy
 
 __all__ = ["build_config"]
 
@@ -84,6 +86,7 @@ def build_config(doc: Document) -> ClusterConfig:
         workers=read("workers", list_of(section(WORKER, WorkerConfig)), ()),
         models=models,
         binaries=read("binaries", section(BINARIES, BinariesConfig), BinariesConfig()),
+        upstreams=read("upstreams", upstreams, UrlPolicy()),
         source=doc.file,
     )
     check(doc, config)

@@ -2,19 +2,22 @@
 
 Rules: one default model, unique route and agent names, one rpc port per (host, port),
 rpc-servers on a private address unless ``cluster.allow_public_bind``, heartbeat timeout above
-the interval. Warnings: services listening beyond loopback without authentication.
+the interval, every HTTP backend URL allowed by ``upstreams``. Warnings: services listening
+beyond loopback without authentication.
 """
 
 from __future__ import annotations
 
 import ipaddress
 
-from tightwad.config._document import Document
+from tightwad.config._document import Document, join
 from tightwad.config._schema import (
     ClusterConfig,
     ConfigWarning,
     ControllerConfig,
+    Endpoint,
 )
+from tightwad.errors import ConfigError
 
 __all__ = ["check", "warnings_for"]
 
@@ -28,12 +31,40 @@ def check(doc: Document, config: ClusterConfig) -> None:
     _check_rpc_ports(doc, config)
     _check_rpc_binds(doc, config)
     _check_controller(doc, config.controller)
+    _check_upstream_urls(doc, config)
     cluster = config.cluster
     if cluster.private_network is not None and cluster.private_interface is not None:
         raise doc.error(
             "cluster.private_interface",
             "set cluster.private_network or private_interface, not both",
         )
+
+
+def _check_upstream_urls(doc: Document, config: ClusterConfig) -> None:
+    """Every HTTP backend URL (proxy servers, HTTP route targets and drafters) passes the
+    ``upstreams`` policy; host names are checked again on each connection."""
+    endpoints: list[tuple[str, object]] = []
+    if config.proxy is not None:
+        p = config.proxy
+        endpoints += [("proxy.draft", p.draft), ("proxy.target", p.target)]
+        endpoints += [(join("proxy.drafters", i), d) for i, d in enumerate(p.drafters)]
+    for i, route in enumerate(config.routes):
+        path = join("routes", i)
+        endpoints.append((join(path, "target"), route.target))
+        named_first = doc.line(join(path, "draft_model")) is not None
+        for j, d in enumerate(route.drafters):
+            if named_first and j == 0:
+                endpoints.append((join(path, "draft_model"), d))
+            else:
+                endpoints.append((join(join(path, "drafters"), j - named_first), d))
+    for path, ep in endpoints:
+        if not isinstance(ep, Endpoint):
+            continue
+        key = join(path, "url")
+        try:
+            config.upstreams.check_url(str(ep.url), key=key)
+        except ConfigError as exc:
+            raise doc.error(key, exc.reason) from None
 
 
 def _check_one_default(doc: Document, config: ClusterConfig) -> None:

@@ -14,11 +14,20 @@ Sections (YAML key -> class):
     gateway     -> GatewayConfig      OpenAI HTTP front: auth, limits, metrics allow-list
     engine      -> EngineConfig       defaults for embedded llama.cpp engines
     routes      -> Route              OpenAI model name -> target (+ drafters)
+    upstreams   -> UrlPolicy          which HTTP backends may be reached (see below)
     proxy       -> ProxyConfig        seed: speculative proxy (draft/target HTTP servers)
     coordinator -> CoordinatorConfig  seed: host running llama-server over the RPC pool
     workers     -> WorkerConfig       seed: hosts running ggml-rpc-server, one per GPU
     models      -> ModelConfig        seed: GGUF files by name
     binaries    -> BinariesConfig     seed: llama-server / rpc-server executables
+
+``upstreams`` (:class:`tightwad.url_policy.UrlPolicy`), applied to every HTTP backend URL
+(``proxy.*``, HTTP route targets and drafters) when the file is loaded, when an adapter is
+built, and on every address an adapter dials (DNS-rebinding safe):
+
+    allowed_schemes  [http, https]  the URL schemes allowed (only http and https exist)
+    allow_private    true           loopback, RFC 1918, link-local, CGNAT, ULA addresses
+    allow_public     true           globally routable addresses (false: never leave the LAN)
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
+
+from tightwad.url_policy import UrlPolicy
 
 __all__ = [
     "DRAFT_MODES",
@@ -239,6 +250,8 @@ class ClusterSettings:
     private_interface: str | None = None
     allow_public_bind: bool = False
     tls: TlsConfig | None = None
+    # SIGTERM/SIGINT: how long every component lets in-flight work finish before it exits.
+    drain_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,6 +403,7 @@ class ClusterConfig:
     workers: tuple[WorkerConfig, ...] = ()
     models: Mapping[str, ModelConfig] = field(default_factory=lambda: MappingProxyType({}))
     binaries: BinariesConfig = BinariesConfig()
+    upstreams: UrlPolicy = field(default_factory=UrlPolicy)
     source: str | None = field(default=None, compare=False)
     warnings: tuple[ConfigWarning, ...] = field(default=(), compare=False)
 

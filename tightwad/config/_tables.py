@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from types import MappingProxyType
 
-from tightwad.config._document import Document
+from tightwad.config._document import Document, join
 from tightwad.config._fields import (
     REQUIRED,
     Field,
@@ -27,6 +27,7 @@ from tightwad.config._fields import (
     number,
     path_list,
     port,
+    read_section,
     section,
     size,
     str_list,
@@ -48,6 +49,7 @@ from tightwad.config._schema import (
     RouteTarget,
     TlsConfig,
 )
+from tightwad.url_policy import UrlPolicy
 
 __all__ = [
     "AGENTS",
@@ -64,6 +66,7 @@ __all__ = [
     "model_table",
     "route_table",
     "target_parser",
+    "upstreams",
     "version",
 ]
 
@@ -172,6 +175,7 @@ CLUSTER = {
     "private_interface": Field(string),
     "allow_public_bind": Field(boolean, False),
     "tls": Field(section(TLS, TlsConfig)),
+    "drain_timeout_s": Field(number(positive=True), 30.0),
 }
 CONTROLLER = {
     "host": Field(host, "127.0.0.1"),
@@ -232,6 +236,31 @@ def model_table(engine: EngineConfig) -> dict[str, Field]:
     }
 
 
+_SCHEMES = {"http": "http", "https": "https"}
+_UPSTREAMS = {
+    "allowed_schemes": Field(list_of(choice(_SCHEMES)), ("http", "https")),
+    "allow_private": Field(boolean, True),
+    "allow_public": Field(boolean, True),
+}
+
+
+def upstreams(doc: Document, path: str, value: object) -> UrlPolicy:
+    """The ``upstreams`` section: the URL policy of every HTTP backend."""
+    fields = read_section(doc, path, value, _UPSTREAMS)
+    if not fields["allowed_schemes"]:
+        raise doc.error(join(path, "allowed_schemes"), "must allow at least one of http, https")
+    if not fields["allow_private"] and not fields["allow_public"]:
+        raise doc.error(
+            join(path, "allow_public"),
+            "cannot be false when allow_private is false too: no backend could be reached",
+        )
+    return UrlPolicy(
+        schemes=frozenset(fields["allowed_schemes"]),
+        allow_private=fields["allow_private"],
+        allow_public=fields["allow_public"],
+    )
+
+
 def route_table(models: Collection[str]) -> dict[str, Field]:
     ref = target_parser(models)
     return {
@@ -261,6 +290,7 @@ SECTIONS = (
     "coordinator",
     "workers",
     "binaries",
+    "upstreams",
 )
 
 

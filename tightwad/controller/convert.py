@@ -1,7 +1,10 @@
 """Protobuf <-> domain for the controller: the only controller module (with the servicer and
 the executor, which are the wire's edges) that touches generated code.
 
-Inventory, devices, host facts and model facts reuse ``tightwad.agent.convert``.
+Both directions live here: ``*_to_proto`` for the servicer's replies, ``*_from_proto`` for
+what clients of the controller (``tightwadctl``, the executor) read back as domain values
+(``NodeStatus``, ``Deployment``, ``Placement``, ``Event``). Inventory, devices, host facts
+and model facts reuse ``tightwad.agent.convert``.
 """
 
 from __future__ import annotations
@@ -38,11 +41,16 @@ from tightwad.controller.registry import Join
 from tightwad.v1 import agent_pb2, controller_pb2
 
 __all__ = [
+    "NodeStatus",
+    "deployment_from_proto",
     "deployment_to_proto",
     "engine_from_proto",
+    "event_from_proto",
     "event_to_proto",
     "join_from_proto",
+    "node_from_proto",
     "node_to_proto",
+    "placement_from_proto",
     "placement_to_proto",
     "process_from_proto",
     "route_to_proto",

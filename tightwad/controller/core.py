@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from tightwad.agent.gguf_facts import ModelFacts
 from tightwad.clock import Clock
@@ -55,6 +56,9 @@ from tightwad.controller.store import Store
 from tightwad.errors import ModelLoadError, NotFoundError, TightwadError
 from tightwad.logs import get_logger
 
+if TYPE_CHECKING:  # the executor's channel credentials (mutual TLS); core speaks no gRPC
+    import grpc
+
 __all__ = ["RPC_PORT_BASE", "Backoff", "Controller"]
 
 log = get_logger("tightwad.controller")
@@ -90,6 +94,7 @@ class Controller:
         clock: Clock,
         *,
         executor: Executor | None = None,
+        agent_credentials: grpc.ChannelCredentials | None = None,
         options: PlacementOptions = PlacementOptions(),  # noqa: B008 - frozen value
         rpc_port_base: int = RPC_PORT_BASE,
     ) -> None:
@@ -108,6 +113,7 @@ class Controller:
         self.executor = executor or Executor(
             self.registry,
             token=config.cluster.token,
+            credentials=agent_credentials,
             allow_public_bind=config.cluster.allow_public_bind,
         )
         self.options = options

@@ -1,4 +1,9 @@
-"""``tightwad-controller``: run the controller (registry, placement, orchestration)."""
+"""``tightwad-controller``: run the controller (registry, placement, orchestration).
+
+Prints ``tightwad-controller listening on HOST:PORT`` once it serves. SIGINT/SIGTERM stop it
+gracefully: new calls refused, calls in flight given ``cluster.drain_timeout_s`` to finish,
+the state file closed; exit 0.
+"""
 
 from __future__ import annotations
 
@@ -38,10 +43,15 @@ async def _serve(server: ControllerServer) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await server.start()
-    await stop.wait()
-    log.info("controller_stopping")
-    await server.stop(grace=5.0)
+    try:
+        address = await server.start()
+        print(f"tightwad-controller listening on {address}", flush=True)
+        await stop.wait()
+        log.info("controller_stopping", deadline_s=server.config.cluster.drain_timeout_s)
+    finally:
+        await server.stop(grace=server.config.cluster.drain_timeout_s)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,10 +5,11 @@ Terms (llama.cpp's, which this module mirrors so the numbers it prints are the o
 - *coordinator*: the host that loads the model (llama-server or the agent's engine). Its
   token embedding always stays in its RAM; its GPUs are local devices (``CUDA0``...); devices
   of other hosts are reached through one ``ggml-rpc-server`` each, named ``RPC[host:port]``.
-- *CPU layers*: layers not offloaded (``-ngl`` < layers + 1). llama.cpp keeps the *first*
-  ``n_layer - ngl`` layers on the coordinator's CPU, and then the output head too.
-- *output unit*: with every layer offloaded (``-ngl = n_layer + 1``) the output head goes to
-  the last device of the ``--device`` list, counted as one more "layer" in ``--tensor-split``.
+- *CPU layers*: layers not offloaded (``-ngl`` < layers + 1). ``-ngl`` counts the output head
+  as a layer and offloads from the end, so llama.cpp keeps the *first* ``n_layer + 1 - ngl``
+  layers on the coordinator's CPU and the output head goes to a device as soon as ``ngl >= 1``.
+- *output unit*: the output head goes to the last device of the ``--device`` list, counted as
+  one more "layer" in ``--tensor-split``; it stays on the CPU only when nothing is offloaded.
 
 Guarantees of :func:`plan_placement`:
 
@@ -17,10 +18,37 @@ Guarantees of :func:`plan_placement`:
 - no device is given more than its free memory minus its margin (weights + KV share +
   compute-buffer estimate); a model that does not fit gets ``fits=False`` and a reason that
   shows the numbers, per device;
-- preferences, in order: fewer hosts; GPUs before the coordinator's CPU before remote CPUs;
-  faster backends (CUDA/ROCm/Metal, then Vulkan/SYCL) before slower; more free memory;
-  then ids, so the same facts always give the same plan;
+- plans are ranked (see *Ranking* below); ties go to faster backends (CUDA/ROCm/Metal, then
+  Vulkan/SYCL) before slower, more free memory, then ids, so the same facts always give the
+  same plan;
 - pins are used (at least one layer each), exclusions never.
+
+Ranking (decision of issue #6: GPU before CPU). A demanding user wants tokens per second, and
+a layer's cost is dominated by the matmuls of the device that holds it: a GPU on another host
+is usually several times faster than the coordinator's CPU, and the RPC hop costs one small
+activation transfer per device boundary per step, little next to a CPU layer's matmul. So:
+
+====  =====================================================  ================================
+rank  prefer                                                 over
+====  =====================================================  ================================
+1     every layer on GPUs (any number of hosts)              any plan with layers on a CPU
+2     fewer layers on CPUs                                   more (a remote GPU before the
+                                                             local CPU)
+3     the coordinator's CPU                                  remote CPUs (a CPU layer *and*
+                                                             an RPC hop)
+4     fewer hosts                                            more (fewer hops, fewer failures)
+5     the coordinator with more usable GPU memory            less
+====  =====================================================  ================================
+
+Calibration (issue #6: expected bytes within 15% of what llama.cpp allocates, measured with
+llama-server 0.3.36 on SmolLM2-135M Q4_1 and Qwen2.5-Coder 0.5B Q4_K_M split over the local
+CPU and a ggml-rpc-server, ctx 512 and 2048, no mmap; see
+``tests/cluster/test_placement_calibration.py``): weights are the GGUF tensor bytes of the
+layers a device holds (the coordinator's CPU adds the token embedding; the output device the
+output head, a copy of the embedding when tied); KV is ``ctx x bytes per token`` split per
+layer; the compute buffer is :func:`compute_buffer_bytes`. With mmap (llama.cpp's default)
+the CPU's "CPU_Mapped" figure is the mapped file range, page cache shared with the OS, not an
+allocation.
 
 ``tensor_split`` values put each cumulative boundary half a layer inside its range, so
 llama.cpp's ``upper_bound`` over the normalised split reproduces exactly the ranges planned
@@ -48,6 +76,7 @@ __all__ = [
     "PlacementOptions",
     "PlacementRequest",
     "compute_buffer_bytes",
+    "ffn_width",
     "format_bytes",
     "kv_bytes",
     "layers_from_split",
@@ -216,20 +245,73 @@ def kv_bytes(facts: ModelFacts, ctx_size: int, kv_type: str) -> int:
     return math.ceil(facts.kv_bytes_per_token * ctx_size * KV_TYPE_FACTORS[kv_type])
 
 
-def compute_buffer_bytes(
-    facts: ModelFacts, ctx_size: int, *, holds_output: bool, options: PlacementOptions
-) -> int:
-    """Peak scratch memory of llama.cpp's graph on one device (an estimate).
+# Average bits per weight of a file type's repeating layers (mixed K-quants included), used
+# only to estimate the FFN width from a layer's bytes. Unknown types count as 5.
+_BITS_PER_WEIGHT: dict[str, float] = {
+    "F32": 32.0,
+    "F16": 16.0,
+    "BF16": 16.0,
+    "Q8_0": 8.5,
+    "Q6_K": 6.5625,
+    "Q5_K_M": 5.7,
+    "Q5_K_S": 5.5,
+    "Q5_1": 6.0,
+    "Q5_0": 5.5,
+    "Q4_K_M": 5.0,
+    "Q4_K_S": 4.6,
+    "Q4_1": 5.0,
+    "Q4_0": 4.5,
+    "IQ4_NL": 4.5,
+    "IQ4_XS": 4.25,
+    "Q3_K_L": 4.3,
+    "Q3_K_M": 3.9,
+    "Q3_K_S": 3.5,
+    "Q2_K": 3.35,
+}
 
-    Hidden states and FFN intermediates for one micro-batch, plus the larger of the attention
-    scores (f32 ``ctx x ubatch x heads``, absent with flash attention) and, on the device with
-    the output head, the logits (f32 ``vocab x ubatch``).
+
+def ffn_width(facts: ModelFacts) -> int:
+    """The feed-forward width, estimated from a layer's bytes: a layer holds ``2·E² + 2·E·E_kv``
+    attention weights and ``3·E·F`` FFN weights. Clamped to ``[E, 8·E]``."""
+    e = max(1, facts.embedding_length)
+    n = len(facts.layer_bytes)
+    if not n:
+        return e
+    bpw = _BITS_PER_WEIGHT.get(facts.quantization.upper(), 5.0)
+    params = sum(facts.layer_bytes) / n * 8 / bpw
+    kv_dim = e * max(1, facts.n_head_kv) / max(1, facts.n_head)
+    ffn = (params - 2 * e * e - 2 * e * kv_dim) / (3 * e)
+    return int(min(max(ffn, e), 8 * e))
+
+
+def compute_buffer_bytes(
+    facts: ModelFacts,
+    ctx_size: int,
+    *,
+    options: PlacementOptions,
+    layers: bool = True,
+    inputs: bool = False,
+) -> int:
+    """Peak scratch memory of llama.cpp's graph on one device (``sched_reserve``'s "compute
+    buffer size"), calibrated against llama.cpp's own log (see the module docstring).
+
+    A device holding layers (``layers``) needs one micro-batch of f32 activations at the FFN's
+    peak (``ubatch · (2·E + 3·F)``: input, normed input, gate, up, activation) plus the f16
+    attention mask (``ctx x ubatch``), plus the f32 scores without flash attention. The
+    coordinator's CPU (``inputs``) also builds the inputs (token embeddings, ``2·E`` floats
+    per token), the mask and the host output buffer (one row of logits) even with no layer.
     """
     ubatch = max(1, min(options.ubatch, ctx_size))
-    hidden = ubatch * facts.embedding_length * 4 * 8
-    scores = 0 if options.flash_attn else ubatch * ctx_size * max(1, facts.n_head) * 4
-    logits = ubatch * facts.n_vocab * 4 if holds_output else 0
-    return hidden + max(scores, logits)
+    e = facts.embedding_length
+    mask = ubatch * ctx_size * 2
+    total = 0
+    if layers:
+        total += ubatch * (2 * e + 3 * ffn_width(facts)) * 4 + mask
+        if not options.flash_attn:
+            total += ubatch * ctx_size * max(1, facts.n_head) * 4
+    if inputs:
+        total += ubatch * 2 * e * 4 + facts.n_vocab * 4 + (0 if layers else mask)
+    return total
 
 
 def format_bytes(n: int) -> str:
@@ -273,16 +355,17 @@ class _Costs:
         self.kv_per_layer = -(-total_kv // self.n_layers) if self.n_layers else 0
         # g[j] = bytes of layers [0, j) with their KV share: monotone, so bisectable.
         self.cumulative = [p + j * self.kv_per_layer for j, p in enumerate(self.prefix)]
-        self.compute_plain = compute_buffer_bytes(
-            facts, req.ctx_size, holds_output=False, options=options
+        self.compute_layers = compute_buffer_bytes(facts, req.ctx_size, options=options)
+        self.compute_inputs = compute_buffer_bytes(
+            facts, req.ctx_size, options=options, layers=False, inputs=True
         )
-        self.compute_output = compute_buffer_bytes(
-            facts, req.ctx_size, holds_output=True, options=options
+        self.compute_both = compute_buffer_bytes(
+            facts, req.ctx_size, options=options, layers=True, inputs=True
         )
 
     def max_layers(self, first: int, capacity: int) -> int:
         """How many layers from ``first`` fit in ``capacity`` (no output head)."""
-        budget = capacity - self.compute_plain
+        budget = capacity - self.compute_layers
         if budget < 0:
             return 0
         last = bisect.bisect_right(self.cumulative, self.cumulative[first] + budget) - 1
@@ -296,9 +379,12 @@ class _Costs:
         return count * self.kv_per_layer
 
     def compute(self, count: int, output: bool) -> int:
-        if output:
-            return self.compute_output
-        return self.compute_plain if count else 0
+        """A device's compute buffer (``inputs`` only on the coordinator's CPU)."""
+        return self.compute_layers if count or output else 0
+
+    def compute_ram(self, count: int, output: bool) -> int:
+        """The coordinator CPU's compute buffer: the inputs always, layers when it has some."""
+        return self.compute_both if count or output else self.compute_inputs
 
     def need(self, first: int, count: int, output: bool) -> int:
         return self.weights(first, count, output) + self.kv(count) + self.compute(count, output)
@@ -408,16 +494,34 @@ def plan_placement(
     roomy = sum(max(0, c.device.memory_free_bytes - _margin(c.device, options)) for c in usable)
     if roomy < floor:
         return refuse(_refusal_reason(request, facts, usable, costs, options))
-    for k in range(1, len(set(nodes) | set(coordinators)) + 1):
-        for coord in coordinators:
-            hosts = _choose_hosts(coord, k, nodes, pinned_nodes, usable, options)
-            if hosts is None:
-                continue
-            for stage in range(3):
+    cpus = {(c.node_id, c.device_id) for c in candidates if c.is_cpu}
+    max_hosts = len(set(nodes) | set(coordinators))
+    for stage in range(3):
+        found: list[tuple[tuple[int, int, int, int], Placement]] = []
+        for k in range(1, max_hosts + 1):
+            for rank, coord in enumerate(coordinators):
+                hosts = _choose_hosts(coord, k, nodes, pinned_nodes, usable, options)
+                if hosts is None:
+                    continue
                 plan = _try(request, facts, candidates, usable, coord, hosts, stage, costs, options)
                 if plan is not None:
-                    return plan
+                    found.append((_plan_rank(plan, cpus, rank), plan))
+            if found and stage == 0:
+                break  # every layer on GPUs: the fewest hosts win, more cannot do better
+        if found:
+            return min(found, key=lambda f: f[0])[1]
     return refuse(_refusal_reason(request, facts, usable, costs, options))
+
+
+def _plan_rank(
+    plan: Placement, cpus: set[tuple[NodeId, DeviceId]], coordinator_rank: int
+) -> tuple[int, int, int, int]:
+    """The ranking of the module docstring, smaller first: layers on CPUs, of those on remote
+    CPUs, hosts, then the coordinator's own rank."""
+    on_cpu = [a for a in plan.assignments if (a.node_id, a.device_id) in cpus]
+    cpu_layers = sum(a.n_layers for a in on_cpu)
+    remote_cpu_layers = sum(a.n_layers for a in on_cpu if a.is_rpc)
+    return (cpu_layers, remote_cpu_layers, len(plan.node_ids), coordinator_rank)
 
 
 def _host_rank(
@@ -504,12 +608,15 @@ def _try(
             return None
         cpu_range: _Range | None = None
     else:
+        # The CPU keeps the fewest first layers it can; the output head goes with the last
+        # offloaded layer (llama.cpp offloads it first: -ngl counts it), or stays on the CPU
+        # when nothing is offloaded.
         ranges, cpu_range = None, None
         for k in range(1, n + 1):
-            ranges = _fill(slots, k, n, False, costs)
+            ranges = _fill(slots, k, n, True, costs)
             if ranges is not None:
                 assert ram_slot is not None
-                cpu_range = _Range(ram_slot, 0, k, True)
+                cpu_range = _Range(ram_slot, 0, k, not ranges)
                 break
         if ranges is None or cpu_range is None:
             return None
@@ -519,22 +626,20 @@ def _try(
             (cpu_range.first, cpu_range.count, cpu_range.output) if cpu_range else (0, 0, False)
         )
         weights = costs.weights(first, count, output) + facts.embedding_bytes + facts.other_bytes
-        need = weights + costs.kv(count) + costs.compute(count, output)
-        if need > ram_slot.capacity:
+        compute = costs.compute_ram(count, output)
+        if weights + costs.kv(count) + compute > ram_slot.capacity:
             return None
-        rows.append(_row(ram_slot, first, count, output, weights, costs))
+        rows.append(_row(ram_slot, first, count, output, weights, compute, costs))
     for r in ranges:
-        rows.append(
-            _row(
-                r.slot, r.first, r.count, r.output, costs.weights(r.first, r.count, r.output), costs
-            )
-        )
-    split, ngl = _split(ranges, n, cpu_range is not None)
+        weights = costs.weights(r.first, r.count, r.output)
+        compute = costs.compute(r.count, r.output)
+        rows.append(_row(r.slot, r.first, r.count, r.output, weights, compute, costs))
+    split, ngl = _split(ranges)
     return Placement(request.model, coord, tuple(rows), split, ngl, True)
 
 
 def _row(
-    slot: _Slot, first: int, count: int, output: bool, weights: int, costs: _Costs
+    slot: _Slot, first: int, count: int, output: bool, weights: int, compute: int, costs: _Costs
 ) -> Assignment:
     return Assignment(
         node_id=slot.cand.node_id,
@@ -544,23 +649,21 @@ def _row(
         n_layers=count,
         weight_bytes=weights,
         kv_bytes=costs.kv(count),
-        compute_bytes=costs.compute(count, output),
+        compute_bytes=compute,
         margin_bytes=slot.margin,
         free_bytes=slot.cand.device.memory_free_bytes,
         holds_output=output,
     )
 
 
-def _split(
-    ranges: Sequence[_Range], n_layers: int, cpu_used: bool
-) -> tuple[tuple[float, ...], int]:
+def _split(ranges: Sequence[_Range]) -> tuple[tuple[float, ...], int]:
+    """``--tensor-split`` and ``-ngl`` for the offloaded ranges (the last one holds the output
+    head, which llama.cpp counts as one more layer)."""
     if not ranges:
         return (), 0
     counts = [r.count for r in ranges]
-    if not cpu_used:
-        counts[-1] += 1  # the output head counts as one more layer
+    counts[-1] += 1
     total = sum(counts)
-    ngl = n_layers + 1 if not cpu_used else total
     cumulative, bounds = 0, []
     for c in counts[:-1]:
         cumulative += c
@@ -570,20 +673,24 @@ def _split(
     for b in bounds:
         split.append(round(b - prev, 6))
         prev = b
-    return tuple(split), ngl
+    return tuple(split), total
 
 
 def layers_from_split(
     tensor_split: Sequence[float], n_layers: int, n_gpu_layers: int
 ) -> list[int | None]:
     """llama.cpp's own mapping: the device index (in ``--device`` order) of each layer
-    ``0..n_layers`` (the last entry is the output head); ``None`` = the CPU."""
+    ``0..n_layers`` (the last entry is the output head); ``None`` = the CPU.
+
+    ``-ngl`` counts the output head as a layer and offloads from the end: the last
+    ``n_gpu_layers`` of the ``n_layers + 1`` units go to the devices (llama.cpp's
+    ``i_gpu_start = n_layer + 1 - n_gpu_layers``, checked against its load log)."""
     total = sum(tensor_split)
     cumulative, acc = [], 0.0
     for f in tensor_split:
         acc += f
         cumulative.append(acc / total if total else 0.0)
-    gpu_start = max(n_layers - n_gpu_layers, 0)
+    gpu_start = max(n_layers + 1 - n_gpu_layers, 0)
     act = min(n_gpu_layers, n_layers + 1) if tensor_split else 0
     out: list[int | None] = []
     for il in range(n_layers + 1):
@@ -604,11 +711,11 @@ def _refusal_reason(
 ) -> str:
     weights = sum(facts.layer_bytes) + facts.output_bytes + facts.embedding_bytes
     kv = kv_bytes(facts, request.ctx_size, request.kv_type)
-    need = weights + kv + costs.compute_output
+    need = weights + kv + costs.compute_both
     parts = [
         f"{request.model} does not fit: needs about {format_bytes(need)} "
         f"(weights {format_bytes(weights)}, KV {format_bytes(kv)} at ctx {request.ctx_size} "
-        f"{request.kv_type}, compute >= {format_bytes(costs.compute_output)}) plus a margin "
+        f"{request.kv_type}, compute >= {format_bytes(costs.compute_both)}) plus a margin "
         "per device"
     ]
     if not usable:

@@ -2,6 +2,10 @@
 
 ``run()`` serves until ``stop()``; ``stop()`` is: health NOT_SERVING, ``server.stop(grace)``,
 end the sync loop and followers, close agent channels and the store.
+
+With ``cluster.tls`` the service requires a client certificate from the cluster CA and the
+executor dials agents presenting this host's certificate; the token is checked either way.
+The files are read when the server is built: a missing one is a ``ConfigError`` naming its key.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from tightwad.controller.service import ControllerServicer
 from tightwad.controller.store import Store
 from tightwad.logs import get_logger
 from tightwad.rpc import GrpcServer, ServiceRegistration
+from tightwad.tls import TlsFiles, channel_credentials, read_tls_files, server_credentials
 from tightwad.v1 import controller_pb2, controller_pb2_grpc
 
 __all__ = ["ControllerServer"]
@@ -39,6 +44,8 @@ class ControllerServer:
         self.clock = clock or SystemClock()
         self.rpc_port_base = rpc_port_base or RPC_PORT_BASE
         self.controller: Controller | None = None
+        tls = config.cluster.tls
+        self._tls: TlsFiles | None = read_tls_files(tls) if tls is not None else None
         self._grpc: GrpcServer | None = None
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -50,7 +57,11 @@ class ControllerServer:
     async def start(self) -> str:
         store = Store.open(self.state_path)
         self.controller = Controller(
-            self.config, store, self.clock, rpc_port_base=self.rpc_port_base
+            self.config,
+            store,
+            self.clock,
+            rpc_port_base=self.rpc_port_base,
+            agent_credentials=channel_credentials(self._tls),
         )
         name = controller_pb2.DESCRIPTOR.services_by_name["ControllerService"].full_name
         self._grpc = GrpcServer(
@@ -63,10 +74,16 @@ class ControllerServer:
             ],
             address=self.listen,
             token=self.config.cluster.token,
+            server_credentials=server_credentials(self._tls),
         )
         await self._grpc.start()
         self._loop_task = asyncio.create_task(self.controller.run(), name="controller-sync")
-        log.info("controller_started", address=self.address, state=str(self.state_path))
+        log.info(
+            "controller_started",
+            address=self.address,
+            state=str(self.state_path),
+            tls=self._tls is not None,
+        )
         return self.address
 
     async def run(self) -> None:

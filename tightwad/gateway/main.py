@@ -4,11 +4,14 @@
                      [--log-level LEVEL] [--version]
 
 Routes come from the file (``routes``, else the seed's ``proxy``, else one plain route per
-model): see :mod:`tightwad.gateway.routes`. Listen address and API key: the flags, else the
+model; with a controller, ``--controller`` or ``controller.address``, the routes it publishes,
+followed live): see :mod:`tightwad.gateway.routes`. Listen address and API key: the flags, else the
 ``gateway`` section (for a seed file with only a ``proxy`` section, its host, port and
 ``auth_token``). Prints ``tightwad-gateway listening on URL`` once it serves; SIGINT/SIGTERM
-stop it gracefully (port closed, in-flight engine sessions ended, embedded engines closed),
-exit 0. A bad file exits 2 with the key path and the reason; any other start failure exits 1.
+stop it gracefully: the port closes (new requests are refused), requests in flight get
+``cluster.drain_timeout_s`` to finish, then engine sessions are ended and embedded engines
+closed; exit 0. A bad file exits 2 with the key path and the reason; any other start failure
+exits 1.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from tightwad.config import ClusterConfig, GatewayConfig, load_config
 from tightwad.errors import ConfigError, TightwadError
 from tightwad.gateway.server import GatewayServer, settings_from_config
 from tightwad.logs import configure_logging, get_logger
+from tightwad.tls import channel_credentials
 
 __all__ = ["build_parser", "main"]
 
@@ -43,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key",
         default=os.environ.get("TIGHTWAD_API_KEY"),
         help="bearer token clients must send (default: $TIGHTWAD_API_KEY, gateway.api_key)",
+    )
+    p.add_argument(
+        "--controller",
+        help="controller HOST:PORT whose published routes to follow (default: controller.address)",
     )
     p.add_argument("--log-level", default="info", help="debug, info, warning, error")
     p.add_argument(
@@ -79,9 +87,19 @@ async def serve(cfg: ClusterConfig, ns: argparse.Namespace) -> int:
     built = None
     gateway: GatewayServer | None = None
     try:
-        built = await build_routes(cfg)
+        controller = ns.controller or cfg.controller.address
+        built = await build_routes(cfg, controller=bool(controller))
         settings = settings_from_config(cfg, api_key=_api_key(cfg, ns))
-        gateway = GatewayServer(built.specs, settings, host=host, port=port)
+        gateway = GatewayServer(
+            built.specs,
+            settings,
+            host=host,
+            port=port,
+            drain_timeout_s=cfg.cluster.drain_timeout_s,
+            controller=controller,
+            token=cfg.cluster.token,
+            credentials=channel_credentials(cfg.cluster.tls) if controller else None,
+        )
         start = asyncio.ensure_future(gateway.start())
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait({start, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -100,7 +118,7 @@ async def serve(cfg: ClusterConfig, ns: argparse.Namespace) -> int:
                 flush=True,
             )
         await stop.wait()
-        log.info("gateway_signal_received")
+        log.info("gateway_draining", deadline_s=cfg.cluster.drain_timeout_s)
     finally:
         if gateway is not None:
             await gateway.stop()

@@ -9,28 +9,55 @@ The gateway speaks only the gRPC Engine service. A route's target or drafter is:
 - an HTTP server (:class:`~tightwad.config.Endpoint`: llama-server, Ollama, OpenAI-compatible):
   fronted by an adapter engine hosted by that same embedded agent.
 
+With a controller (``controller.address`` or ``tightwad-gateway --controller``), the models it
+places are not loaded here: :class:`ControllerRoutes` follows ``Controller.WatchRoutes`` and
+adds, replaces and removes those routes live (see its docstring). Routes declared in the file
+(``routes``, the seed's ``proxy``) stay static and win over a controller route of the same name.
+
 Capabilities are honest: a target that cannot verify a draft in one pass (any HTTP server but
 an OpenAI-compatible one that returns prompt logprobs) serves plainly (draft mode ``none``),
 with a warning, whatever the file asked; the seed's ``proxy`` section (draft/target HTTP
 servers) thus keeps working, as a plain route to its target.
+
+With ``cluster.tls``, engines at ``grpc://`` addresses are dialled over mutual TLS with this
+host's certificate (and the token). The embedded agent listens on loopback only, inside this
+process, and stays plain text + token: it never leaves the host.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
+
+import grpc
 
 from tightwad.agent.adapters._base import AdapterConfig, HttpEngine
 from tightwad.agent.engine.core import EngineConfig
 from tightwad.agent.server import AgentServer, AgentSettings
+from tightwad.clock import Clock, SystemClock
 from tightwad.config import ClusterConfig, Endpoint, EngineAddress, ModelRef, Route, RouteTarget
-from tightwad.errors import ConfigError, NotFoundError
+from tightwad.errors import ConfigError, NotFoundError, TightwadError, UnavailableError
 from tightwad.gateway.engine_client import EngineClient
-from tightwad.gateway.loop import RouteSpec
+from tightwad.gateway.loop import RouteSpec, SpecBackend
+from tightwad.gateway.types import Backend, GenerationEvent, GenerationRequest, RouteInfo
 from tightwad.logs import get_logger
+from tightwad.rpc import client_channel
+from tightwad.tls import channel_credentials
+from tightwad.url_policy import UrlPolicy
+from tightwad.v1 import controller_pb2, controller_pb2_grpc
 
-__all__ = ["BuiltRoutes", "build_routes"]
+__all__ = [
+    "BuiltRoutes",
+    "ControllerRoutes",
+    "PublishedRoute",
+    "RouteTable",
+    "WatchSettings",
+    "build_routes",
+]
 
 log = get_logger("tightwad.gateway.routes")
 
@@ -65,8 +92,8 @@ class _Builder:
     def local_id(self, ref: ModelRef, where: str) -> str:
         if ref.name not in self.cfg.models:
             raise ConfigError(where, f"no model {ref.name!r} in models")
-        # TODO(controller): when a controller is configured and publishes this route
-        # (Controller.WatchRoutes), dial the engine it placed instead of loading it here.
+        # With a controller, only routes the file declares get here (build_routes leaves the
+        # per-model ones to ControllerRoutes, which dials the engine the controller placed).
         if ref.name not in self.local:
             m = self.cfg.models[ref.name]
             path = Path(m.path).expanduser()
@@ -91,7 +118,9 @@ class _Builder:
     async def adapter_id(self, ep: Endpoint, where: str) -> str:
         key = f"{ep.backend}:{ep.url}:{ep.model_name}"
         if key not in self.adapters:
-            self.adapters[key] = await _connect_adapter(ep, model_id=key, where=where)
+            self.adapters[key] = await _connect_adapter(
+                ep, model_id=key, where=where, policy=self.cfg.upstreams
+            )
         return key
 
     # -- pass 2: clients ----------------------------------------------------------------
@@ -114,31 +143,41 @@ class _Builder:
         token = self.cfg.cluster.token
         if (address, route_name) in self.remote:
             return self.remote[(address, route_name)]
-        named = EngineClient(address, route_name, token=token)
+        credentials = channel_credentials(self.cfg.cluster.tls)
+        named = EngineClient(address, route_name, token=token, credentials=credentials)
         try:
             await named.info()
         except NotFoundError:
             await named.close()
-            named = self.remote.get((address, "")) or EngineClient(address, "", token=token)
+            named = self.remote.get((address, "")) or EngineClient(
+                address, "", token=token, credentials=credentials
+            )
             self.remote[(address, "")] = named
             return named
         self.remote[(address, route_name)] = named
         return named
 
 
-async def _connect_adapter(ep: Endpoint, *, model_id: str, where: str) -> HttpEngine:
-    cfg = AdapterConfig(model_id=model_id, url=str(ep.url), server_model=ep.model_name)
+async def _connect_adapter(
+    ep: Endpoint, *, model_id: str, where: str, policy: UrlPolicy | None = None
+) -> HttpEngine:
+    cfg = AdapterConfig(
+        model_id=model_id,
+        url=str(ep.url),
+        server_model=ep.model_name,
+        url_policy=policy,
+        url_key=f"{where}.url",
+    )
     if ep.backend == "llamacpp":
         from tightwad.agent.adapters.llama_server import LlamaServerEngine
 
         return await LlamaServerEngine.connect(cfg)
     if ep.backend == "ollama":
-        # TODO(adapters): the Ollama adapter (/api/generate raw mode, plain target only).
-        raise ConfigError(
-            f"{where}.backend",
-            "Ollama endpoints are not supported yet; front the model with llama-server or an "
-            "OpenAI-compatible server",
-        )
+        # Text only (no token ids): can_verify and can_draft are false, so a route with an
+        # Ollama target serves plainly, and an Ollama drafter is refused at route start.
+        from tightwad.agent.adapters.ollama import OllamaEngine
+
+        return await OllamaEngine.connect(cfg)
     if ep.backend == "openai":
         from tightwad.agent.adapters.openai_compat import OpenAICompatEngine
 
@@ -157,10 +196,23 @@ async def _can_verify(b: _Builder, ref: RouteTarget, where: str) -> bool:
     return (await client.info()).can_verify
 
 
-async def build_routes(cfg: ClusterConfig) -> BuiltRoutes:
-    """Start what the effective routes need and return their specs. On failure, everything
-    started so far is stopped again."""
+def _declared_routes(cfg: ClusterConfig, controller: bool) -> tuple[Route, ...]:
+    """The file's routes; with a controller, the models it places are its routes, not ours."""
     routes = cfg.effective_routes()
+    if controller and not cfg.routes:
+        return tuple(
+            r for r in routes if not (isinstance(r.target, ModelRef) and r.name in cfg.models)
+        )
+    return routes
+
+
+async def build_routes(cfg: ClusterConfig, *, controller: bool = False) -> BuiltRoutes:
+    """Start what the effective routes need and return their specs. On failure, everything
+    started so far is stopped again. With ``controller``, the per-model routes derived from
+    ``models`` are left to the controller, and an empty set is fine."""
+    routes = _declared_routes(cfg, controller)
+    if not routes and controller:
+        return BuiltRoutes(specs=[])
     if not routes:
         raise ConfigError(
             "routes", "nothing to serve: add routes, a proxy section or models to the file"
@@ -182,6 +234,8 @@ async def build_routes(cfg: ClusterConfig) -> BuiltRoutes:
                 mode, drafters = "none", ()
             if isinstance(route.target, ModelRef):
                 b.local_id(route.target, f"{where}.target")
+            elif isinstance(route.target, Endpoint):  # a plain route connects it here
+                await b.adapter_id(route.target, f"{where}.target")
             for j, d in enumerate(drafters):
                 if isinstance(d, ModelRef):
                     b.local_id(d, f"{where}.drafters.{j}")
@@ -228,3 +282,313 @@ async def build_routes(cfg: ClusterConfig) -> BuiltRoutes:
                     await engine.close()
         raise
     return BuiltRoutes(specs=specs, agent=b.agent, clients=list(b.remote.values()))
+
+
+# --- routes the controller publishes ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedRoute:
+    """A route as ``Controller.WatchRoutes`` publishes it."""
+
+    model: str
+    engine_address: str = ""
+    http_url: str = ""
+    can_verify: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WatchSettings:
+    """Backoff between subscriptions (``retry_base_s * 2**failures``, capped); ``idle_s``: a
+    stream silent that long is resubscribed (a frozen controller or a half-open connection
+    cannot hold the gateway, and a route that failed to start is retried); ``start_timeout_s``
+    bounds a new route's start-up; ``drain_timeout_s`` how long a replaced route's in-flight
+    requests may run on its old engine before its clients are closed anyway."""
+
+    retry_base_s: float = 0.5
+    retry_cap_s: float = 15.0
+    idle_s: float = 30.0
+    start_timeout_s: float = 30.0
+    drain_timeout_s: float = 600.0
+
+
+class RouteTable(Protocol):
+    """Where the gateway looks a model up (:class:`tightwad.gateway.server.GatewayServer`)."""
+
+    def put(self, name: str, backend: Backend) -> None: ...
+
+    def remove(self, name: str) -> None: ...
+
+
+class _Counted:
+    """A route's backend counting its in-flight requests, so a replaced or removed route's
+    engine clients are closed only once the requests that started on it have finished."""
+
+    def __init__(self, backend: SpecBackend) -> None:
+        self.backend = backend
+        self.active = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def info(self) -> RouteInfo:
+        return self.backend.info()
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        self.active += 1
+        self.idle.clear()
+        return self._generate(request)
+
+    async def _generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        try:
+            async for event in self.backend.generate(request):
+                yield event
+        finally:
+            self.active -= 1
+            if not self.active:
+                self.idle.set()
+
+    async def close(self) -> None:
+        spec = self.backend.spec
+        for client in {id(c): c for c in (spec.target, *spec.drafters)}.values():
+            with contextlib.suppress(Exception):
+                await client.close()
+
+
+def _published(msg: controller_pb2.Route) -> PublishedRoute:
+    return PublishedRoute(msg.model, msg.engine_address, msg.http_url, msg.can_verify)
+
+
+class ControllerRoutes:
+    """Follows the controller's routes: ``Controller.WatchRoutes`` sends the current set, then
+    the whole set again on every change.
+
+    Guarantees:
+
+    - a published Engine route is served once its engine answers (its vocabulary read); a
+      changed one is replaced: requests already running finish on the old engine clients,
+      new ones use the new clients; a route no longer published is removed (the API then
+      answers 404 ``model_not_found``);
+    - a route of the cluster file (``static``) is never touched: the file wins, said once in
+      a ``controller_route_shadowed`` log line;
+    - when the controller is unreachable or the stream breaks, the last known routes keep
+      serving while it resubscribes with exponential backoff (reset once a set arrives);
+    - every wait has a deadline (``WatchSettings``); after ``stop``, ``run`` returns and
+      ``close`` closes every engine client it opened.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        table: RouteTable,
+        *,
+        token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        static: Collection[str] = (),
+        settings: WatchSettings = WatchSettings(),
+        clock: Clock | None = None,
+        client_factory: Callable[[str, str], EngineClient] | None = None,
+    ) -> None:
+        self.address = address
+        self.table = table
+        self.token = token
+        self.credentials = credentials
+        self.static = frozenset(static)
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self._client = client_factory or self._engine_client
+        self.routes: dict[str, tuple[PublishedRoute, _Counted]] = {}
+        self.subscriptions = 0
+        self._shadowed: set[str] = set()
+        self._failed: set[PublishedRoute] = set()
+        self._retiring: dict[asyncio.Task[None], _Counted] = {}
+        self._stopping = asyncio.Event()
+
+    def _engine_client(self, address: str, model: str) -> EngineClient:
+        return EngineClient(address, model, token=self.token, credentials=self.credentials)
+
+    # -- the loop -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                if await self._follow():
+                    failures = 0
+            except (grpc.aio.AioRpcError, TightwadError, OSError) as exc:
+                if self._stopping.is_set():
+                    break
+                delay = min(self.settings.retry_cap_s, self.settings.retry_base_s * 2**failures)
+                failures += 1
+                log.warning(
+                    "controller_routes_unreachable",
+                    controller=self.address,
+                    error=_describe(exc),
+                    retry_in_s=delay,
+                    serving=sorted(self.routes),
+                )
+                await self._pause(delay)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep on the clock, cut short by ``stop``."""
+        sleep = asyncio.ensure_future(self.clock.sleep(seconds))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({sleep, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleep, stopping):
+                task.cancel()
+
+    async def _follow(self) -> bool:
+        """One subscription, until it goes idle or ``stop`` (True if a set arrived); raises
+        when it breaks."""
+        channel = client_channel(self.address, token=self.token, credentials=self.credentials)
+        got = False
+        try:
+            stub = controller_pb2_grpc.ControllerServiceStub(channel)
+            call = stub.WatchRoutes(controller_pb2.WatchRoutesRequest())
+            stream = call.__aiter__()
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            try:
+                while True:
+                    nxt = asyncio.ensure_future(anext(stream))
+                    done, _ = await asyncio.wait(
+                        {nxt, stopping},
+                        timeout=self.settings.idle_s,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if nxt not in done:
+                        nxt.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                            await nxt
+                        call.cancel()
+                        if not done:
+                            log.debug("controller_routes_idle", controller=self.address)
+                        return got
+                    try:
+                        msg = nxt.result()
+                    except StopAsyncIteration:
+                        raise UnavailableError("the controller closed the route stream") from None
+                    if not got:
+                        self.subscriptions += 1
+                        log.info(
+                            "controller_routes_subscribed",
+                            controller=self.address,
+                            routes=sorted(r.model for r in msg.routes),
+                        )
+                    got = True
+                    await self.apply([_published(r) for r in msg.routes])
+            finally:
+                stopping.cancel()
+        finally:
+            await channel.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def close(self) -> None:
+        """Remove its routes and close every engine client it opened (after ``run``)."""
+        retiring = dict(self._retiring)
+        for task in retiring:
+            task.cancel()
+        for task, backend in retiring.items():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await backend.close()  # a drain cancelled before it ran closed nothing
+        for name, (_, backend) in list(self.routes.items()):
+            self.table.remove(name)
+            await backend.close()
+        self.routes.clear()
+
+    # -- applying a set -----------------------------------------------------------------
+
+    async def apply(self, published: Sequence[PublishedRoute]) -> None:
+        """Make the served controller routes match ``published`` (the whole current set)."""
+        wanted: dict[str, PublishedRoute] = {}
+        for route in published:
+            if route.model in self.static:
+                if route.model not in self._shadowed:
+                    self._shadowed.add(route.model)
+                    log.warning(
+                        "controller_route_shadowed",
+                        route=route.model,
+                        engine=route.engine_address or route.http_url,
+                        reason="the cluster file declares a route of this name; the file wins",
+                    )
+                continue
+            wanted[route.model] = route
+        for name in [n for n in self.routes if n not in wanted]:
+            _, old = self.routes.pop(name)
+            self.table.remove(name)
+            log.info("controller_route_removed", route=name)
+            self._retire(name, old)
+        for name, route in wanted.items():
+            current = self.routes.get(name)
+            if current is not None and current[0] == route:
+                continue
+            backend = await self._start(route)
+            if backend is None:
+                continue
+            self.routes[name] = (route, backend)
+            self.table.put(name, backend)
+            log.info(
+                "controller_route_replaced" if current else "controller_route_added",
+                route=name,
+                engine=route.engine_address,
+                draft_mode=backend.backend.spec.draft_mode,
+            )
+            if current is not None:
+                self._retire(name, current[1])
+
+    async def _start(self, route: PublishedRoute) -> _Counted | None:
+        if not route.engine_address:
+            if route not in self._failed:
+                self._failed.add(route)
+                log.warning(
+                    "controller_route_unsupported",
+                    route=route.model,
+                    http_url=route.http_url,
+                    reason="the gateway serves Engine routes; deploy it with serve mode engine",
+                )
+            return None
+        client = self._client(route.engine_address, route.model)
+        # A target that verifies in one pass gets the draft-free n-gram proposer (lossless;
+        # the loop stops drafting where it does not pay); any other serves plainly.
+        spec = RouteSpec(
+            name=route.model, target=client, draft_mode="ngram" if route.can_verify else "none"
+        )
+        backend = SpecBackend(spec)
+        try:
+            async with asyncio.timeout(self.settings.start_timeout_s):
+                await backend.start()
+        except (TightwadError, TimeoutError) as exc:
+            await client.close()
+            log.warning(
+                "controller_route_failed",
+                route=route.model,
+                engine=route.engine_address,
+                error=_describe(exc),
+                retry="at the next route set or resubscription",
+            )
+            return None
+        self._failed.discard(route)
+        return _Counted(backend)
+
+    def _retire(self, name: str, backend: _Counted) -> None:
+        task = asyncio.create_task(self._drain(name, backend))
+        self._retiring[task] = backend
+        task.add_done_callback(lambda t: self._retiring.pop(t, None))
+
+    async def _drain(self, name: str, backend: _Counted) -> None:
+        try:
+            async with asyncio.timeout(self.settings.drain_timeout_s):
+                await backend.idle.wait()
+        except TimeoutError:
+            log.warning("controller_route_drain_timeout", route=name, in_flight=backend.active)
+        finally:
+            await backend.close()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc) or type(exc).__name__

@@ -3,16 +3,24 @@ and the routes' start-up (vocabulary checks) before the port opens."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from tightwad.config import ClusterConfig
-from tightwad.gateway.api import GatewaySettings, create_app
+from tightwad.gateway.api import GATEWAY, GatewaySettings, create_app
 from tightwad.gateway.engine_client import EngineClient
 from tightwad.gateway.loop import RouteSpec, SpecBackend
+from tightwad.gateway.security import RouteLimiter
+from tightwad.gateway.types import Backend
 from tightwad.logs import get_logger
+
+if TYPE_CHECKING:
+    from tightwad.gateway.routes import ControllerRoutes, WatchSettings
 
 __all__ = ["GatewayServer", "settings_from_config"]
 
@@ -34,26 +42,64 @@ def settings_from_config(cfg: ClusterConfig, *, api_key: str | None = None) -> G
 
 @dataclass
 class GatewayServer:
-    """Routes + settings served on host:port. ``start`` -> base URL; ``stop`` closes all."""
+    """Routes + settings served on host:port. ``start`` -> base URL; ``stop`` closes all.
+
+    ``stop`` drains: the port closes at once (new connections are refused, idle keep-alive
+    ones closed), requests in flight (queued ones included) get ``drain_timeout_s`` to finish,
+    then the rest are cancelled and the engine channels closed.
+
+    With ``controller`` (its ``host:port``), the routes it publishes are followed live
+    (:class:`tightwad.gateway.routes.ControllerRoutes`, with ``token``/``credentials``): the
+    route table (``put``/``remove``) changes under the running app; ``specs`` stay static.
+    """
 
     specs: Sequence[RouteSpec]
     settings: GatewaySettings
     host: str = "127.0.0.1"
     port: int = 8088
+    drain_timeout_s: float = 30.0
+    controller: str | None = None
+    token: str | None = None
+    credentials: Any = None  # grpc.ChannelCredentials for the controller and its engines
+    watch: WatchSettings | None = None
 
     def __post_init__(self) -> None:
-        self.backends: dict[str, SpecBackend] = {s.name: SpecBackend(s) for s in self.specs}
+        self._static = {s.name: SpecBackend(s) for s in self.specs}
+        # The live route table: the app reads it on every request.
+        self.backends: dict[str, Backend] = dict(self._static)
+        self._limiters: dict[str, RouteLimiter] = {}
         self._runner: web.AppRunner | None = None
+        self.watcher: ControllerRoutes | None = None
+        self._watching: asyncio.Task[None] | None = None
         self.bound_port = 0
 
+    # -- the route table (RouteTable) ----------------------------------------------------
+
+    def put(self, name: str, backend: Backend) -> None:
+        """Serve ``name`` with ``backend`` from the next request on (in-flight ones keep the
+        backend they started with). A route's queue limits outlive a replacement."""
+        self.backends[name] = backend
+        if name not in self._limiters:
+            s = self.settings
+            self._limiters[name] = RouteLimiter(name, s.max_concurrency, s.max_queue)
+
+    def remove(self, name: str) -> None:
+        """Stop serving ``name``: the API answers 404 ``model_not_found`` for it."""
+        self.backends.pop(name, None)
+        self._limiters.pop(name, None)
+
     async def start(self) -> str:
-        for backend in self.backends.values():
+        for backend in self._static.values():
             await backend.start()
-        routes: Mapping[str, SpecBackend] = self.backends
-        app = create_app(routes, self.settings)
+        app = create_app(self.backends, self.settings)
+        self._limiters = app[GATEWAY].limiters
         # keepalive_timeout also bounds a client that never finishes its headers (slow-loris).
         runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, keepalive_timeout=15.0
+            app,
+            handler_cancellation=True,
+            access_log=None,
+            keepalive_timeout=15.0,
+            shutdown_timeout=self.drain_timeout_s,
         )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
@@ -63,6 +109,18 @@ class GatewayServer:
         sockets = getattr(server, "sockets", None) or []
         self.bound_port = sockets[0].getsockname()[1] if sockets else self.port
         log.info("gateway_started", url=self.url, routes=sorted(self.backends))
+        if self.controller:
+            from tightwad.gateway.routes import ControllerRoutes, WatchSettings
+
+            self.watcher = ControllerRoutes(
+                self.controller,
+                self,
+                token=self.token,
+                credentials=self.credentials,
+                static=self._static,
+                settings=self.watch or WatchSettings(),
+            )
+            self._watching = asyncio.create_task(self.watcher.run())
         return self.url
 
     @property
@@ -71,9 +129,20 @@ class GatewayServer:
         return f"http://{host}:{self.bound_port or self.port}"
 
     async def stop(self) -> None:
+        if self.watcher is not None and self._watching is not None:
+            self.watcher.stop()
+            try:
+                async with asyncio.timeout(5.0):
+                    await self._watching
+            except TimeoutError:
+                self._watching.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._watching
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.watcher is not None:
+            await self.watcher.close()
         clients: dict[int, EngineClient] = {}
         for spec in self.specs:
             for c in (spec.target, *spec.drafters):

@@ -42,6 +42,7 @@ from tightwad.errors import (
 )
 from tightwad.logs import get_logger
 from tightwad.spec.sampling import SamplingConfig, SparseDist
+from tightwad.url_policy import UrlPolicy
 
 __all__ = [
     "EOG_TEXTS",
@@ -111,7 +112,9 @@ def pieces_fingerprint(
 class AdapterConfig:
     """How to reach one server. ``model_id`` is the id the Engine service answers to;
     ``server_model`` the model name the server expects in requests (Ollama/OpenAI);
-    ``ctx_size`` 0 = what the server reports."""
+    ``ctx_size`` 0 = what the server reports. ``url_policy`` (the cluster file's
+    ``upstreams``) vets ``url`` when the engine is built (a ConfigError naming ``url_key``)
+    and every address dialled afterwards."""
 
     model_id: str
     url: str
@@ -121,6 +124,8 @@ class AdapterConfig:
     timeout_s: float = 30.0
     readahead_tokens: int = 512
     max_sessions: int = 64
+    url_policy: UrlPolicy | None = None
+    url_key: str = "url"
 
     @property
     def path(self) -> str:
@@ -178,7 +183,15 @@ class HttpEngine(abc.ABC):
 
     def __init__(self, cfg: AdapterConfig, *, what: str) -> None:
         self._cfg = cfg
-        self.http = HttpClient(cfg.url, api_key=cfg.api_key, timeout_s=cfg.timeout_s, what=what)
+        if cfg.url_policy is not None:
+            cfg.url_policy.check_url(cfg.url, key=cfg.url_key)
+        self.http = HttpClient(
+            cfg.url,
+            api_key=cfg.api_key,
+            timeout_s=cfg.timeout_s,
+            what=what,
+            policy=cfg.url_policy,
+        )
         self._facts: AdapterFacts | None = None
         self._pieces: list[bytes] | None = None
         self._special: list[int] = []

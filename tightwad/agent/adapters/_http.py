@@ -5,6 +5,10 @@ here into :mod:`tightwad.errors` (unreachable or 5xx -> UnavailableError, 4xx ->
 InvalidRequestError / NotFoundError, too slow -> DeadlineError), with the server named in the
 message; a stream that is abandoned (task cancelled, generator closed) closes its connection,
 which is how a server learns to stop generating.
+
+With a :class:`~tightwad.url_policy.UrlPolicy`, every connection goes through the policy's
+connector (each resolved and each dialled address re-checked: no DNS rebinding, no redirect to
+a forbidden host or scheme); a refusal is an UnavailableError that names the URL and the rule.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from tightwad.errors import (
     TightwadError,
     UnavailableError,
 )
+from tightwad.url_policy import BlockedAddressError, UrlPolicy
 
 __all__ = ["HttpClient"]
 
@@ -39,9 +44,11 @@ class HttpClient:
         timeout_s: float = 30.0,
         stream_idle_s: float = 120.0,
         what: str = "server",
+        policy: UrlPolicy | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.what = what
+        self._policy = policy
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_read=stream_idle_s)
@@ -49,13 +56,29 @@ class HttpClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                headers=self._headers,
-                # Below the 5 s idle timeout of common servers (cpp-httplib, uvicorn), so a
-                # pooled connection is never one the server has just closed.
-                connector=aiohttp.TCPConnector(limit=32, keepalive_timeout=2.0),
-            )
+            # Below the 5 s idle timeout of common servers (cpp-httplib, uvicorn), so a
+            # pooled connection is never one the server has just closed.
+            pool: dict[str, Any] = {"limit": 32, "keepalive_timeout": 2.0}
+            if self._policy is not None:
+                self._session = self._policy.session(headers=self._headers, connector_kwargs=pool)
+            else:
+                self._session = aiohttp.ClientSession(
+                    headers=self._headers, connector=aiohttp.TCPConnector(**pool)
+                )
         return self._session
+
+    def _failed(self, path: str, exc: BaseException) -> UnavailableError:
+        """The UnavailableError for a failed connection; a policy refusal says so."""
+        cause = getattr(exc, "os_error", None)
+        if isinstance(cause, BlockedAddressError):
+            return UnavailableError(
+                f"{self._name(path)} refused by the upstream URL policy: {cause.strerror}"
+            )
+        if isinstance(exc, aiohttp.InvalidUrlClientError):
+            return UnavailableError(
+                f"{self._name(path)} refused by the upstream URL policy: {exc.description}"
+            )
+        return UnavailableError(f"{self._name(path)} failed: {exc!r}")
 
     async def close(self) -> None:
         if self._session is not None:
@@ -96,11 +119,11 @@ class HttpClient:
             except TimeoutError as exc:
                 raise DeadlineError(f"{self._name(path)} did not answer in time") from exc
             except _STALE as exc:
-                if attempt == 0:
+                if attempt == 0 and not _blocked(exc):
                     continue  # a pooled connection the server had closed: retry once
-                raise UnavailableError(f"{self._name(path)} failed: {exc!r}") from exc
+                raise self._failed(path, exc) from exc
             except (aiohttp.ClientError, ValueError) as exc:
-                raise UnavailableError(f"{self._name(path)} failed: {exc!r}") from exc
+                raise self._failed(path, exc) from exc
         raise AssertionError("unreachable")
 
     async def stream_lines(self, path: str, body: Mapping[str, Any]) -> AsyncIterator[bytes]:
@@ -124,11 +147,11 @@ class HttpClient:
             except TimeoutError as exc:
                 raise DeadlineError(f"{self._name(path)} stalled mid-stream") from exc
             except _STALE as exc:
-                if attempt == 0 and not started:
+                if attempt == 0 and not started and not _blocked(exc):
                     continue  # a pooled connection the server had closed: retry once
-                raise UnavailableError(f"{self._name(path)} failed: {exc!r}") from exc
+                raise self._failed(path, exc) from exc
             except aiohttp.ClientError as exc:
-                raise UnavailableError(f"{self._name(path)} failed: {exc!r}") from exc
+                raise self._failed(path, exc) from exc
 
     async def stream_json(self, path: str, body: Mapping[str, Any]) -> AsyncIterator[Any]:
         """Like :meth:`stream_lines`, decoding each line as JSON (an SSE ``data:`` prefix is
@@ -146,6 +169,10 @@ class HttpClient:
                 raise UnavailableError(
                     f"{self._name(path)} streamed a line that is not JSON: {line[:200]!r}"
                 ) from exc
+
+
+def _blocked(exc: BaseException) -> bool:
+    return isinstance(getattr(exc, "os_error", None), BlockedAddressError)
 
 
 def _error_message(text: str) -> str:

@@ -14,7 +14,8 @@
   still loading).
 - ``grpc_health``: the standard gRPC health ``Check`` of one service (an engine host's
   ``tightwad.v1.EngineService``: SERVING once its model is loaded). Health is exempt from the
-  cluster token, so the probe needs none.
+  cluster token, so the probe needs none; with the cluster's mutual TLS it presents the
+  host's certificate (``credentials``).
 """
 
 from __future__ import annotations
@@ -124,11 +125,23 @@ async def http_health(host: str, port: int, timeout_s: float = 2.0) -> str:
     return status
 
 
-async def grpc_health(host: str, port: int, service: str, timeout_s: float = 2.0) -> str:
+async def grpc_health(
+    host: str,
+    port: int,
+    service: str,
+    timeout_s: float = 2.0,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> str:
     """gRPC health ``Check`` of ``service``; returns ``"SERVING"``, raises ``ProbeError`` else."""
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    channel = (
+        grpc.aio.secure_channel(target, credentials)
+        if credentials is not None
+        else grpc.aio.insecure_channel(target)
+    )
     try:
-        async with grpc.aio.insecure_channel(target) as channel:
+        async with channel:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
             )

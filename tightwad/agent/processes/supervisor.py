@@ -32,6 +32,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import grpc
+
 from tightwad.agent.binaries import BinaryKind
 from tightwad.agent.processes import lifecycle as lc
 from tightwad.agent.processes.domain import ProcessKind, ProcessSpec, ProcessState, ProcessStatus
@@ -174,6 +176,7 @@ class Supervisor:
         base_env: Mapping[str, str] | None = None,
         engine_env: Mapping[str, str] | None = None,
         python: str | None = None,
+        probe_credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self._binaries = binaries
         self._devices: DeviceLookup = devices or (lambda _id: None)
@@ -187,6 +190,8 @@ class Supervisor:
             **(engine_env or {}),
         }
         self._python = python or sys.executable
+        # An engine host serves TLS when the cluster does (engine_env carries the files).
+        self._probe_credentials = probe_credentials
         self.ports = PortAllocator(self.settings.port_low, self.settings.port_high)
         self.changes = Changes()
         self._procs: dict[str, _Managed] = {}
@@ -470,7 +475,9 @@ class Supervisor:
             m.protocol_version = version
             return f"rpc protocol {version}"
         if m.spec.kind is ProcessKind.ENGINE_HOST:
-            return await grpc_health(m.host, m.port, ENGINE_SERVICE, timeout)
+            return await grpc_health(
+                m.host, m.port, ENGINE_SERVICE, timeout, credentials=self._probe_credentials
+            )
         return await http_health(m.host, m.port, timeout)
 
     async def _probe_loop(self, m: _Managed) -> None:
