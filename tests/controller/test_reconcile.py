@@ -147,7 +147,8 @@ def test_llama_server_mode_passes_rpc_device_split_ngl() -> None:
     assert isinstance(start, StartLlamaServer)
     args = list(start.args)
     assert args[args.index("--rpc") + 1] == "10.0.0.2:50052"
-    assert args[args.index("--device") + 1] == "CUDA0,RPC[10.0.0.2:50052]"
+    # llama-server numbers the --rpc servers' devices RPC0, RPC1, ... (not RPC[host:port]).
+    assert args[args.index("--device") + 1] == "CUDA0,RPC0"
     assert args[args.index("-ngl") + 1] == "9"
     assert "--tensor-split" in args
     assert "--port" not in args and "--host" not in args  # the agent's to choose

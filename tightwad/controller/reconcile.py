@@ -182,6 +182,14 @@ def _rpc_endpoints(placement: Placement) -> list[str]:
     return [a.ggml_device[4:-1] for a in placement.rpc_assignments]
 
 
+def _llama_server_device_names(devices: Sequence[str], rpc: Sequence[str]) -> list[str]:
+    """llama-server names the devices of ``--rpc`` servers ``RPC0``, ``RPC1``, … in the order
+    of that list (one device per rpc-server, as our agents start them); the plan's
+    ``RPC[host:port]`` is the engine host's spelling."""
+    index = {f"RPC[{endpoint}]": f"RPC{i}" for i, endpoint in enumerate(rpc)}
+    return [index.get(d, d) for d in devices]
+
+
 def llama_server_args(dep: Deployment, placement: Placement) -> tuple[str, ...]:
     """llama-server's command line for a pooled deployment (the agent adds the binary, host
     and port)."""
@@ -195,7 +203,7 @@ def llama_server_args(dep: Deployment, placement: Placement) -> tuple[str, ...]:
     if rpc:
         args += ["--rpc", ",".join(rpc)]
     if placement.devices:
-        args += ["--device", ",".join(placement.devices)]
+        args += ["--device", ",".join(_llama_server_device_names(placement.devices, rpc))]
         args += ["--tensor-split", ",".join(f"{f:g}" for f in placement.tensor_split)]
     else:
         args += ["--device", "none"]
