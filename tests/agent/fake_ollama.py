@@ -17,7 +17,17 @@ Wire format, from Ollama's ``docs/api.md``:
   "eval_count", "eval_duration"}``; ``stream: false`` answers one object with the whole
   ``response``. ``options.num_predict`` bounds the tokens (``length``); ``options.stop`` and
   the model's ``stop`` parameters end the text before the stop sequence (``stop``). Errors are
-  ``{"error": "..."}`` with a 4xx/5xx status, or one NDJSON line once streaming has begun.
+  ``{"error": "..."}`` with a 4xx/5xx status, or one NDJSON line once streaming has begun
+  (``{"error": "an error was encountered while running the model"}``, status unchanged).
+- ``POST /api/chat {"model", "messages": [{"role", "content"}], "stream", "options"}``: Ollama
+  applies the model's template; the stream is one ``{"model", "created_at", "message":
+  {"role": "assistant", "content"}, "done": false}`` per token, then ``{"model",
+  "created_at", "message": {"role": "assistant", "content": ""}, "done": true, "done_reason",
+  "total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
+  "eval_count", "eval_duration"}``; same options, stops and errors as ``/api/generate``.
+
+Its tokens are its words (each piece streamed is one token): ``prompt_eval_count`` is the
+number of words of the prompt (after the template), ``eval_count`` the pieces generated.
 
 Its "model" is a deterministic text source: each token is one word (with its leading space)
 chosen by the last word of the text, so continuing a text gives the same words as generating
@@ -25,11 +35,16 @@ it in one go. Words of :data:`CYCLE` follow each other forever; :data:`STORY` (t
 ``story:`` or a chat's ``<|assistant|>``) ends at ``goodbye`` with end of generation; any
 other last word starts the cycle at a place fixed by its CRC. With ``temperature > 0`` the
 seed shifts each step.
+
+A model with a ``script`` (a drafter in tests) continues any prompt that ends with a prefix of
+the script with the rest of the script, word by word (the longest such prefix wins; none: the
+whole script), and ends it with end of generation.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -112,6 +127,7 @@ class FakeModel:
     stops: tuple[str, ...] = ()
     chat_template: str | None = CHAT_TEMPLATE
     capabilities: tuple[str, ...] = ("completion",)
+    script: str | None = None
 
 
 @dataclass
@@ -131,6 +147,12 @@ class FakeOllama:
     # line streamed after this many tokens.
     fail_status: int | None = None
     fail_after: int | None = None
+    # Requests (/api/generate and /api/chat, counted from 0) from this one on answer HTTP 500.
+    fail_from_request: int | None = None
+    # False: ignore options.stop (an older server, or a model whose tokens straddle a stop),
+    # so the gateway's own stop scanning is what cuts the text.
+    honour_stop: bool = True
+    served: int = 0
 
     def model(self, name: str) -> FakeModel | None:
         return self.models.get(name if ":" in name else f"{name}:latest")
@@ -141,6 +163,7 @@ class FakeOllama:
         app.router.add_get("/api/tags", self._tags)
         app.router.add_post("/api/show", self._show)
         app.router.add_post("/api/generate", self._generate)
+        app.router.add_post("/api/chat", self._chat)
         return app
 
     # -- handlers -----------------------------------------------------------------------
@@ -195,31 +218,50 @@ class FakeOllama:
         )
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
+        return await self._answer(request, chat=False)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._answer(request, chat=True)
+
+    async def _answer(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
         try:
             body = await request.json()
         except ValueError:
             return _error(400, "invalid character looking for beginning of value")
         self.requests.append(body)
+        index, self.served = self.served, self.served + 1
         name = str(body.get("model") or "")
         if not name:
             return _error(400, "model is required")
         m = self.model(name)
         if m is None:
             return _error(404, f"model '{name}' not found")
-        if self.fail_status is not None:
-            return _error(self.fail_status, "llama runner process has terminated: exit status 2")
+        if self.fail_status is not None or (
+            self.fail_from_request is not None and index >= self.fail_from_request
+        ):
+            status = self.fail_status or 500
+            return _error(status, "llama runner process has terminated: exit status 2")
         options = body.get("options") or {}
-        # Raw or not, the prompt is the text: the toy's template is "{{ .Prompt }}".
-        prompt = str(body.get("prompt") or "")
+        if chat:
+            messages = body.get("messages")
+            if not isinstance(messages, list):
+                return _error(400, "messages must be a list")
+            prompt = render_chat(messages)
+        else:
+            # Raw or not, the prompt is the text: the toy's template is "{{ .Prompt }}".
+            prompt = str(body.get("prompt") or "")
         n = int(options.get("num_predict", -1))
         n = m.num_ctx if n < 0 else n
         seed = options.get("seed") if float(options.get("temperature", 0.8)) > 0 else None
-        stops = tuple(options.get("stop") or ()) + m.stops
-        pieces, reason = generate_pieces(prompt, n, seed, stops)
-        final = {
+        asked = tuple(options.get("stop") or ()) if self.honour_stop else ()
+        stops = asked + m.stops
+        if m.script is not None:
+            pieces, reason = script_pieces(m.script, prompt, n)
+        else:
+            pieces, reason = generate_pieces(prompt, n, seed, stops)
+        final: dict[str, Any] = {
             "model": m.name,
             "created_at": "2025-01-01T00:00:00Z",
-            "response": "",
             "done": True,
             "done_reason": reason,
             "total_duration": 1000,
@@ -230,16 +272,16 @@ class FakeOllama:
             "eval_duration": 500,
         }
         if body.get("stream") is False:
-            return web.json_response({**final, "response": "".join(pieces)})
+            return web.json_response({**final, **_text(chat, "".join(pieces))})
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
-        async for line in self._lines(m, pieces, final):
+        async for line in self._lines(m, pieces, {**final, **_text(chat, "")}, chat):
             await resp.write(line)
         await resp.write_eof()
         return resp
 
     async def _lines(
-        self, m: FakeModel, pieces: list[str], final: dict[str, Any]
+        self, m: FakeModel, pieces: list[str], final: dict[str, Any], chat: bool
     ) -> AsyncIterator[bytes]:
         for i, piece in enumerate(pieces):
             if self.fail_after is not None and i == self.fail_after:
@@ -249,11 +291,28 @@ class FakeOllama:
                 {
                     "model": m.name,
                     "created_at": "2025-01-01T00:00:00Z",
-                    "response": piece,
+                    **_text(chat, piece),
                     "done": False,
                 }
             )
         yield _line(final)
+
+
+def _text(chat: bool, text: str) -> dict[str, Any]:
+    return {"message": {"role": "assistant", "content": text}} if chat else {"response": text}
+
+
+def render_chat(messages: list[Any]) -> str:
+    """The toy's chat template (what Ollama would apply for /api/chat)."""
+    turns = [f"<|{m.get('role')}|>{m.get('content')}\n" for m in messages if isinstance(m, dict)]
+    return "".join(turns) + "<|assistant|>"
+
+
+def script_pieces(script: str, prompt: str, n: int) -> tuple[list[str], str]:
+    """A scripted model: the script's words after the longest prefix the prompt ends with."""
+    at = max(j for j in range(len(script) + 1) if prompt.endswith(script[:j]))
+    words = re.findall(r"\s*\S+|\s+$", script[at:])
+    return words[:n], "length" if len(words) > n else "stop"
 
 
 def generate_pieces(
@@ -270,7 +329,12 @@ def generate_pieces(
         for s in stops:
             at = (text + piece).find(s)
             if at >= 0:
-                rest = (text + piece)[len(text) : at]
+                # Like Ollama, text that may start a stop is held back, so nothing from the
+                # stop's first character on was streamed, even when it began pieces earlier.
+                cut = (text + piece)[:at]
+                while out and len(text) > at:
+                    text = text[: -len(out.pop())]
+                rest = cut[len(text) :]
                 if rest:
                     out.append(rest)
                 return out, "stop"

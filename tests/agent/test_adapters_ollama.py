@@ -208,3 +208,43 @@ async def test_an_unreachable_server_is_named() -> None:
         port = s.getsockname()[1]
     with pytest.raises(UnavailableError, match=rf"Ollama at http://127.0.0.1:{port}/api/version"):
         await _connect(f"http://127.0.0.1:{port}")
+
+
+# --- OllamaClient: the text API the gateway uses (passthrough targets, text drafters) --------
+
+
+async def test_the_text_client_streams_chat_with_ollamas_counts(url: str) -> None:
+    from tightwad.agent.adapters.ollama import OllamaClient, ollama_options
+
+    from .fake_ollama import render_chat
+
+    client = OllamaClient(url, "toy")
+    try:
+        model = await client.probe()
+        assert (model.name, model.n_ctx, model.version) == ("toy", 512, VERSION)
+        messages = [{"role": "user", "content": "Tell me a story"}]
+        options = ollama_options(SamplingConfig(), num_predict=4, stop=("x",))
+        assert options["num_predict"] == 4 and options["stop"] == ["x"]
+        chunks = [c async for c in client.chat(messages, options)]
+    finally:
+        await client.close()
+    *pieces, last = chunks
+    expected, _ = continuation(render_chat(messages), 4)
+    assert "".join(c.text for c in pieces) == expected and not any(c.done for c in pieces)
+    assert last.done and last.done_reason == "length"
+    assert (last.prompt_eval_count, last.eval_count) == (len(render_chat(messages).split()), 4)
+
+
+async def test_the_text_client_raises_on_an_error_line(url: str, fake: FakeOllama) -> None:
+    from tightwad.agent.adapters.ollama import OllamaClient
+
+    fake.fail_after = 2
+    client = OllamaClient(url, "toy")
+    try:
+        got: list[str] = []
+        with pytest.raises(UnavailableError, match="error was encountered"):
+            async for c in client.generate("Look at the quick", {"num_predict": 10}):
+                got.append(c.text)
+        assert len(got) == 2
+    finally:
+        await client.close()

@@ -169,3 +169,71 @@ def test_a_drafted_round_before_any_plain_step_keeps_k() -> None:
     assert c.next_k() == 0  # still needs one plain step to compare against
     c.record_plain(0.05)
     assert c.plain_step_seconds == 0.05
+
+
+# --- hopeless costs ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("per_token", "hopeless"),
+    [
+        # Each drafted token costs 0.9 of a plain step (a CPU's wide verify plus a draft step):
+        # even 95 % acceptance cannot pay.
+        (0.9 * T_PLAIN, True),
+        # A GPU's verify: a drafted token costs 5 % of a step; drafting can pay.
+        (0.05 * T_PLAIN, False),
+    ],
+)
+def test_hopeless_costs_are_recognised(per_token: float, hopeless: bool) -> None:
+    ctl = DraftLengthController(DraftControlConfig())
+    assert not ctl.hopeless()  # unknown costs are never hopeless
+    ctl.seed(T_PLAIN, per_token)
+    assert ctl.hopeless() is hopeless
+    assert (ctl.next_k() == 0) is hopeless
+
+
+def test_hopeless_route_probes_only_every_max_interval() -> None:
+    cfg = DraftControlConfig(probe_every=4, max_probe_every=64)
+    ctl = DraftLengthController(cfg)
+    ctl.seed(T_PLAIN, 0.9 * T_PLAIN)
+    assert ctl.plain_steps_ahead() == 64
+    for i in range(64):
+        assert ctl.next_k() == 0, i
+        ctl.record_plain(T_PLAIN)
+        assert ctl.plain_steps_ahead() == 63 - i
+    assert ctl.next_k() == cfg.probe_k  # the rare probe still comes
+
+
+def test_plain_steps_ahead_is_zero_while_drafting_or_unmeasured() -> None:
+    assert DraftLengthController().plain_steps_ahead() == 0  # t_plain unknown
+    drafting = DraftLengthController(plain_step_seconds=T_PLAIN)
+    assert drafting.next_k() > 0 and drafting.plain_steps_ahead() == 0
+    cfg = DraftControlConfig(probe_every=8)
+    losing = DraftLengthController(cfg, plain_step_seconds=T_PLAIN)
+    while losing.next_k() > 0:
+        run_round(losing, 0.0, 0.5 * T_PLAIN)
+    ahead = losing.plain_steps_ahead()
+    assert 0 < ahead <= cfg.probe_every
+    for _ in range(ahead):
+        assert losing.next_k() == 0
+        losing.record_plain(T_PLAIN)
+    assert losing.next_k() > 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    per_token=st.floats(0.0, 0.2),
+    acceptance=st.floats(0.0, 1.0),
+    steps=st.integers(1, 80),
+)
+def test_plain_steps_ahead_never_promises_a_drafted_round(
+    per_token: float, acceptance: float, steps: int
+) -> None:
+    ctl = DraftLengthController(DraftControlConfig(probe_every=4, max_probe_every=32))
+    ctl.record_plain(T_PLAIN)
+    for _ in range(steps):
+        ahead = ctl.plain_steps_ahead()
+        for _ in range(ahead):
+            assert ctl.next_k() == 0
+            ctl.record_plain(T_PLAIN)
+        run_round(ctl, acceptance, per_token)

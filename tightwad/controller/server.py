@@ -1,7 +1,9 @@
 """ControllerServer: the store, the Controller, its gRPC service and its sync loop.
 
-``run()`` serves until ``stop()``; ``stop()`` is: health NOT_SERVING, ``server.stop(grace)``,
-end the sync loop and followers, close agent channels and the store.
+``run()`` serves until ``stop()``; ``stop()`` is: health NOT_SERVING, ``server.stop(grace)``
+(new calls refused; the long-lived streams, agents' ``Register`` and route/event followers,
+ended at once; calls in flight given ``grace``), end the sync loop and followers, close agent
+channels and the store.
 
 With ``cluster.tls`` the service requires a client certificate from the cluster CA and the
 executor dials agents presenting this host's certificate; the token is checked either way.
@@ -47,6 +49,7 @@ class ControllerServer:
         tls = config.cluster.tls
         self._tls: TlsFiles | None = read_tls_files(tls) if tls is not None else None
         self._grpc: GrpcServer | None = None
+        self._servicer: ControllerServicer | None = None
         self._loop_task: asyncio.Task[None] | None = None
 
     @property
@@ -64,11 +67,12 @@ class ControllerServer:
             agent_credentials=channel_credentials(self._tls),
         )
         name = controller_pb2.DESCRIPTOR.services_by_name["ControllerService"].full_name
+        self._servicer = ControllerServicer(self.controller)
         self._grpc = GrpcServer(
             [
                 ServiceRegistration(
                     name,
-                    ControllerServicer(self.controller),
+                    self._servicer,
                     controller_pb2_grpc.add_ControllerServiceServicer_to_server,
                 )
             ],
@@ -93,7 +97,16 @@ class ControllerServer:
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._grpc is not None:
-            await self._grpc.stop(grace)
+            # Agents' Register streams and followers never end by themselves: end them first
+            # (they reconnect to the next controller), so ``grace`` is for calls in flight.
+            stopping = asyncio.create_task(self._grpc.stop(grace))
+            ended = 0
+            while not stopping.done():  # also any stream opened before the port closed
+                if self._servicer is not None:
+                    ended += self._servicer.end_streams()
+                await asyncio.wait({stopping}, timeout=0.1)
+            log.info("controller_drained", streams_ended=ended)
+            await stopping
             self._grpc = None
         if self.controller is not None:
             await self.controller.stop()

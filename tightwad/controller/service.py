@@ -1,8 +1,15 @@
-"""ControllerService: thin — convert the request, call the Controller, convert the reply."""
+"""ControllerService: thin — convert the request, call the Controller, convert the reply.
+
+Long-lived streams (``Register``, ``WatchRoutes``, ``WatchEvents``) are tracked so that a
+shutdown ends them at once (:meth:`ControllerServicer.end_streams`): they never finish on their
+own, so a graceful stop would otherwise wait its whole deadline for them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 
 import grpc
 
@@ -32,6 +39,30 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
     def __init__(self, controller: Controller) -> None:
         self._c = controller
         self._sessions: dict[NodeId, object] = {}
+        self._streams: set[asyncio.Task[object]] = set()
+
+    def _track(self) -> asyncio.Task[object]:
+        """Track the calling stream's task (the caller discards it when the stream ends)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
+        return task
+
+    @contextmanager
+    def _long_lived(self) -> Iterator[None]:
+        task = self._track()
+        try:
+            yield
+        finally:
+            self._streams.discard(task)
+
+    def end_streams(self) -> int:
+        """Shutdown: cancel every long-lived stream now (clients reconnect to the next
+        controller); unary calls in flight keep their drain time. How many were ended."""
+        streams = list(self._streams)
+        for task in streams:
+            task.cancel()
+        return len(streams)
 
     async def Register(
         self, request_iterator: AsyncIterator[pb.RegisterRequest], context: grpc.aio.ServicerContext
@@ -39,6 +70,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         c = self._c
         node_id: NodeId | None = None
         session = object()
+        stream = self._track()
         try:
             async for req in request_iterator:
                 kind = req.WhichOneof("message")
@@ -72,6 +104,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
                 else:
                     raise InvalidRequestError("hello sent twice on one Register stream")
         finally:
+            self._streams.discard(stream)
             if node_id is not None and self._sessions.get(node_id) is session:
                 del self._sessions[node_id]
                 c.registry.disconnect(node_id, c.clock.time())
@@ -141,11 +174,13 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
     async def WatchEvents(
         self, request: pb.WatchEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchEventsResponse]:
-        async for event in self._c.events.follow(request.since, follow=request.follow):
-            yield pb.WatchEventsResponse(event=event_to_proto(event))
+        with self._long_lived():
+            async for event in self._c.events.follow(request.since, follow=request.follow):
+                yield pb.WatchEventsResponse(event=event_to_proto(event))
 
     async def WatchRoutes(
         self, request: pb.WatchRoutesRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchRoutesResponse]:
-        async for routes in self._c.watch_routes():
-            yield pb.WatchRoutesResponse(routes=[route_to_proto(r) for r in routes])
+        with self._long_lived():
+            async for routes in self._c.watch_routes():
+                yield pb.WatchRoutesResponse(routes=[route_to_proto(r) for r in routes])

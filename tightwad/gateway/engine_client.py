@@ -8,7 +8,7 @@ cancelled on close, so the engine frees the sequence whatever happened.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from tightwad.v1 import engine_pb2, engine_pb2_grpc
 __all__ = [
     "DraftProposal",
     "EngineClient",
+    "Generated",
     "Opened",
     "RemoteEngineInfo",
     "RemoteSession",
@@ -61,6 +62,14 @@ class Verified:
     next_token: int
     logprobs: tuple[Any, ...]
     verify_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Generated:
+    """One token of a Generate stream (``logprob``: a TokenLogprob message, when asked)."""
+
+    token: int
+    logprob: Any | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +152,18 @@ class EngineClient:
             raise translate_rpc_error(exc, self._what("Tokenize")) from exc
         return list(r.token_ids)
 
+    async def detokenize(self, tokens: Sequence[int], *, render_special: bool) -> str:
+        try:
+            r = await self._stub.Detokenize(
+                engine_pb2.DetokenizeRequest(
+                    model=self.model, token_ids=list(tokens), render_special=render_special
+                ),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate_rpc_error(exc, self._what("Detokenize")) from exc
+        return str(r.text)
+
     async def render_chat(
         self, messages: Sequence[tuple[str, str, str]], *, add_generation_prompt: bool = True
     ) -> list[int]:
@@ -169,6 +190,9 @@ class RemoteSession:
         self._call: Any = client._stub.Session(timeout=timeout_s)
         self._seq = 0
         self.closed = False
+        # A Generate command whose events were not all read: the stream can carry no other
+        # command, and closing it must cancel (the engine would otherwise decode on).
+        self._streaming = False
 
     async def _send(self, **command: Any) -> int:
         self._seq += 1
@@ -280,8 +304,34 @@ class RemoteSession:
             else:
                 raise InvalidRequestError(f"unexpected {kind} during draft")
 
+    async def generate(
+        self, n: int, stop_token_ids: Sequence[int] = ()
+    ) -> AsyncGenerator[Generated, None]:
+        """Plain decoding of up to ``n`` tokens, streamed as the engine produces them (no round
+        trip per token). The engine stops early at an EOG token (yielded) or a stop token.
+        Leaving the iteration early leaves the stream busy: only :meth:`close`/:meth:`abort`
+        may follow, and they cancel the rest."""
+        await self._send(
+            generate=engine_pb2.GenerateCommand(n=n, stop_token_ids=list(stop_token_ids))
+        )
+        self._streaming = True
+        while True:
+            resp = await self._read()
+            kind = resp.WhichOneof("event")
+            if kind == "token":
+                t = resp.token
+                yield Generated(t.token_id, t.logprob if t.HasField("logprob") else None)
+            elif kind == "generate_done":
+                self._streaming = False
+                return
+            else:
+                raise InvalidRequestError(f"unexpected {kind} during generate")
+
     async def close(self) -> None:
         if self.closed:
+            return
+        if self._streaming:
+            self.abort()
             return
         self.closed = True
         try:

@@ -37,10 +37,12 @@ from tightwad.errors import (
 from tightwad.gateway.engine_client import (
     DraftProposal,
     EngineClient,
+    Generated,
     RemoteEngineInfo,
     RemoteSession,
     Verified,
 )
+from tightwad.gateway.text_draft import TextDrafter, text_proposer
 from tightwad.gateway.types import (
     Finished,
     GenerationEvent,
@@ -74,6 +76,8 @@ class RouteSpec:
     target: EngineClient
     draft_mode: DraftMode = "ngram"
     drafters: tuple[EngineClient, ...] = ()
+    # Text-only drafters (Ollama): their text is tokenized by the target (text_draft.py).
+    text_drafters: tuple[TextDrafter, ...] = ()
     max_draft_tokens: int = 32
     pipeline: bool = False
     hybrid_min_match: int = 3
@@ -86,6 +90,9 @@ class RouteSpec:
     control: DraftControlConfig = field(default_factory=DraftControlConfig)
     # False: always draft max_draft_tokens (no goodput control), e.g. to test a drafter.
     adaptive: bool = True
+    # Model drafting: measure at start what a plain step, a wide verify and a draft step cost,
+    # so the first request already knows whether drafting can pay on this hardware.
+    calibrate: bool = True
 
 
 @dataclass
@@ -154,6 +161,9 @@ class _Control:
             return self.shared.plain_step_seconds
         return own
 
+    def plain_steps_ahead(self) -> int:
+        return self.own.plain_steps_ahead() if isinstance(self.own, DraftLengthController) else 0
+
 
 @dataclass
 class _DrafterHealth:
@@ -170,7 +180,7 @@ class SpecBackend:
             raise ConfigError(
                 f"routes.{spec.name}.draft", f"unknown draft mode {spec.draft_mode!r}"
             )
-        if spec.draft_mode in ("model", "hybrid") and not spec.drafters:
+        if spec.draft_mode in ("model", "hybrid") and not (spec.drafters or spec.text_drafters):
             raise ConfigError(
                 f"routes.{spec.name}.draft", f"draft mode {spec.draft_mode!r} needs a draft model"
             )
@@ -211,6 +221,13 @@ class SpecBackend:
                 )
         self._info = info
         self._pieces = pieces
+        if (
+            self.spec.draft_mode == "model"
+            and self.spec.adaptive
+            and self.spec.calibrate
+            and self._drafters
+        ):
+            await self._calibrate()
         self._ready = True
         log.info(
             "route_ready",
@@ -219,6 +236,66 @@ class SpecBackend:
             draft_mode=self.spec.draft_mode,
             drafters=len(self._drafters),
         )
+
+    async def _calibrate(self) -> None:
+        """Seed the route's model-drafting controller with measured costs: a plain step, the
+        extra cost per token of a wide verify, and a draft step. Where even near-perfect
+        acceptance could not pay (e.g. a CPU, where verifying 8 tokens costs several plain
+        steps), requests then start plain and never pay for the drafter's prefill; the rare
+        probe re-measures. A drafter that fails here is only logged."""
+        k = max(1, min(8, self.spec.max_draft_tokens, self.spec.control.k_max))
+        text = "def fibonacci(n):\n    if n < 2:\n        return n\n" * 4
+        tokens = await self.spec.target.tokenize(text, add_special=True, parse_special=False)
+        target = self.spec.target.session(timeout_s=self.spec.target_timeout_s)
+        draft = self._drafters[0].client.session(timeout_s=self.spec.target_timeout_s)
+        try:
+            await target.open(tokens, SamplingConfig())
+            steps = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                await target.verify([])
+                steps.append(time.perf_counter() - t0)
+            t_plain = sorted(steps)[1]
+            t0 = time.perf_counter()
+            await target.verify(tokens[1 : k + 1])
+            verify_extra = max(0.0, time.perf_counter() - t0 - t_plain) / k
+            await draft.open(tokens, SamplingConfig())
+            t0 = time.perf_counter()
+            prop = await draft.draft(k, keep=len(tokens))
+            per_draft = (time.perf_counter() - t0) / max(1, len(prop.tokens))
+        except (TightwadError, TimeoutError) as exc:
+            log.warning("route_calibration_failed", route=self.spec.name, reason=str(exc))
+            return
+        finally:
+            for sess in (draft, target):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(sess.close(), 5.0)
+        # Pipelined drafting hides the draft step behind the verify of the round before.
+        per_token = verify_extra if self.spec.pipeline else verify_extra + per_draft
+        shared = self.controller_for("model")
+        shared.seed(t_plain, per_token)
+        log.info(
+            "route_calibrated",
+            route=self.spec.name,
+            plain_ms=round(t_plain * 1000.0, 2),
+            verify_extra_ms_per_token=round(verify_extra * 1000.0, 2),
+            draft_ms_per_token=round(per_draft * 1000.0, 2),
+            drafting="off: cannot pay on this hardware" if shared.hopeless() else "on",
+        )
+
+    def _drafting_state(self) -> dict[str, object]:
+        """What the route's controllers have learned (for the status page)."""
+        out: dict[str, object] = {}
+        for name, ctl in self._controllers.items():
+            t, c = ctl.plain_step_seconds, ctl.per_token_cost
+            out[name] = {
+                "plain_step_ms": None if t is None else round(t * 1000.0, 3),
+                "extra_ms_per_drafted_token": None if c is None else round(c * 1000.0, 3),
+                "acceptance": round(ctl.acceptance, 4),
+                "rounds_seen": ctl.rounds_seen,
+                "can_pay": not ctl.hopeless(),
+            }
+        return out
 
     def info(self) -> RouteInfo:
         i = self._info
@@ -244,6 +321,7 @@ class SpecBackend:
                     for d in self._drafters
                 ],
                 "error": self._error,
+                "drafting": self._drafting_state(),
             },
         )
 
@@ -296,6 +374,8 @@ class _Run:
         self.prediction: PredictionProposer | None = None
         self.pre: asyncio.Task[DraftProposal] | None = None
         self.opening: asyncio.Task[None] | None = None
+        # Model drafting: the drafter opens (prefills) the first time a round wants a draft.
+        self.wants_drafter = False
         # Draft length forced by a run of fully accepted copy drafts (0 = none).
         self.run_k = 0
         # Leading tokens of the draft session known to equal prompt + output.
@@ -356,10 +436,17 @@ class _Run:
             room = n_ctx - len(self.prompt) - len(self.output)
             if room <= 0:
                 break
+            stretch = 0 if drafts else self._plain_stretch(control, room, guard)
+            if stretch > 1:
+                async for delta in self._plain_run(stretch, guard, control):
+                    yield delta
+                continue
             t0 = time.perf_counter()
             # Copy runs apply once a plain step has been measured (the goodput check needs it).
             run_k = self.run_k if control.plain_step_seconds() is not None else 0
             k = min(max(control.next_k(), run_k), self.spec.max_draft_tokens, room - 1)
+            if k > 0 and self.wants_drafter and self.opening is None:
+                self.opening = asyncio.create_task(self._open_drafter())
             if not drafts:
                 self.from_model = False
                 if k > 0:
@@ -401,6 +488,56 @@ class _Run:
             usage=Usage(prompt_tokens=len(self.prompt), completion_tokens=guard.count),
             stats=self._stats(),
         )
+
+    def _plain_stretch(self, control: _Control, room: int, guard: OutputGuard) -> int:
+        """How many tokens to decode as one Generate stream (no round trip per token): all of
+        them without drafting; for a draft model, the plain steps the controller has already
+        decided on. Proposers that look at every new token (n-gram, prediction) need steps."""
+        if self.ngram is not None or self.prediction is not None or self.pre is not None:
+            return 0
+        if self.mode == "none":
+            ahead = room
+        elif self.mode == "model" and self.spec.adaptive:
+            ahead = control.plain_steps_ahead()
+        else:
+            return 0
+        if guard.max_tokens is not None:
+            ahead = min(ahead, guard.max_tokens - guard.count)
+        return max(0, min(ahead, room))
+
+    async def _plain_run(
+        self, n: int, guard: OutputGuard, control: _Control
+    ) -> AsyncGenerator[TextDelta, None]:
+        """Decode ``n`` plain tokens as one stream; each still counts as a plain step."""
+        assert self.target is not None
+        gen = self.target.generate(n)
+        async with contextlib.aclosing(gen):
+            t_prev = time.perf_counter()
+            while True:
+                g: Generated | None = await self._target_call(anext(gen, None))
+                if g is None:
+                    return
+                now = time.perf_counter()
+                step, t_prev = max(now - t_prev, 1e-6), now
+                control.record_plain(step)
+                self.c.record_round(0, 0)
+                self.c.verify_ms += step * 1000.0
+                res = Verified(
+                    accepted=0,
+                    next_token=g.token,
+                    logprobs=(g.logprob,) if g.logprob is not None else (),
+                    verify_ms=step * 1000.0,
+                )
+                self.output.append(g.token)
+                out = guard.push_block([g.token])
+                if out.text or out.kept:
+                    yield TextDelta(
+                        text=out.text,
+                        token_ids=(g.token,) if out.kept else (),
+                        logprobs=self._logprobs(res, out.kept),
+                    )
+                if guard.finished:
+                    return  # the session is still streaming: cleanup cancels the rest
 
     def _update_run_k(
         self, k: int, drafts: list[int], accepted: int, elapsed: float, control: _Control
@@ -467,10 +604,26 @@ class _Run:
             # A 1-token suffix match proposes mostly junk that only costs verify width.
             self.ngram = NGramProposer(min_n=2, max_n=self.spec.ngram_max_n)
             self.ngram.extend(self.prompt)
-        if mode in ("model", "hybrid"):
-            # The drafter prefills in the background: the target never waits for it, and rounds
-            # use it once it is ready (its first draft catches up with what was committed).
-            self.opening = asyncio.create_task(self._open_drafter())
+        # Text drafters serve when no Engine drafter (same vocabulary, token level) is healthy.
+        self.text_draft = None
+        if mode in ("model", "hybrid") and self.b._pick_drafter() is None:
+            self.text_draft = text_proposer(
+                self.spec.text_drafters,
+                target=self.spec.target,
+                pieces=self.b._pieces,
+                request=self.req,
+                prompt=self.prompt,
+                bos_token_id=self.info.bos_token_id,
+                timeout_s=self.spec.draft_timeout_s,
+                cooldown_s=self.spec.drafter_cooldown_s,
+                route=self.spec.name,
+            )
+        if mode in ("model", "hybrid") and self.text_draft is None:
+            # The drafter prefills in the background once a round first wants a draft: the
+            # target never waits for it, rounds use it once it is ready (its first draft catches
+            # up with what was committed), and a route whose drafting cannot pay never pays
+            # for the prefill (it would compete with the target on a shared host).
+            self.wants_drafter = True
         self.mode = mode
 
     async def _open_drafter(self) -> None:
@@ -525,6 +678,12 @@ class _Run:
             )
             if match.tokens and long_enough:
                 return list(match.tokens), None
+        if self.text_draft is not None:
+            drafts = await self.text_draft.propose(self.output, k)
+            if self.text_draft.dropped:
+                self.c.draft_failures += 1
+                self.text_draft = None
+            return drafts, None
         if self.draft is not None:
             committed = [*self.prompt, *self.output]
             keep = self.draft_valid

@@ -99,6 +99,7 @@ async def serve(cfg: ClusterConfig, ns: argparse.Namespace) -> int:
             controller=controller,
             token=cfg.cluster.token,
             credentials=channel_credentials(cfg.cluster.tls) if controller else None,
+            passthrough=built.backends,
         )
         start = asyncio.ensure_future(gateway.start())
         stopped = asyncio.ensure_future(stop.wait())
@@ -110,11 +111,11 @@ async def serve(cfg: ClusterConfig, ns: argparse.Namespace) -> int:
         stopped.cancel()
         url = start.result()
         print(f"tightwad-gateway listening on {url}", flush=True)
-        for spec in built.specs:
-            backend = gateway.backends[spec.name]
+        for name in [*(spec.name for spec in built.specs), *built.backends]:
+            backend = gateway.backends[name]
             info = backend.info()
             print(
-                f"  route {spec.name!r}: target {info.target} (draft: {info.draft_mode})",
+                f"  route {name!r}: target {info.target} (draft: {info.draft_mode})",
                 flush=True,
             )
         await stop.wait()

@@ -6,8 +6,13 @@ The gateway speaks only the gRPC Engine service. A route's target or drafter is:
   dialled directly (the engine whose id is the route's name, else that agent's default one);
 - a model of ``models`` (:class:`~tightwad.config.ModelRef`): loaded into an embedded agent
   on loopback, with the ``engine`` section's defaults;
-- an HTTP server (:class:`~tightwad.config.Endpoint`: llama-server, Ollama, OpenAI-compatible):
-  fronted by an adapter engine hosted by that same embedded agent.
+- an HTTP server (:class:`~tightwad.config.Endpoint`: llama-server, OpenAI-compatible):
+  fronted by an adapter engine hosted by that same embedded agent;
+- an Ollama server, which shows no token ids: as a target, a
+  :class:`~tightwad.gateway.passthrough.PassthroughBackend` (Ollama's own chat and completion
+  APIs, its own token counts; in ``BuiltRoutes.backends``, not a RouteSpec); as a drafter, a
+  :class:`~tightwad.gateway.text_draft.TextDrafter` (its text continuation, tokenized by the
+  target, verified by the target: lossless).
 
 With a controller (``controller.address`` or ``tightwad-gateway --controller``), the models it
 places are not loaded here: :class:`ControllerRoutes` follows ``Controller.WatchRoutes`` and
@@ -36,6 +41,7 @@ from typing import Protocol
 import grpc
 
 from tightwad.agent.adapters._base import AdapterConfig, HttpEngine
+from tightwad.agent.adapters.ollama import OllamaClient
 from tightwad.agent.engine.core import EngineConfig
 from tightwad.agent.server import AgentServer, AgentSettings
 from tightwad.clock import Clock, SystemClock
@@ -43,6 +49,8 @@ from tightwad.config import ClusterConfig, Endpoint, EngineAddress, ModelRef, Ro
 from tightwad.errors import ConfigError, NotFoundError, TightwadError, UnavailableError
 from tightwad.gateway.engine_client import EngineClient
 from tightwad.gateway.loop import RouteSpec, SpecBackend
+from tightwad.gateway.passthrough import OllamaUpstream, PassthroughBackend
+from tightwad.gateway.text_draft import TextDrafter
 from tightwad.gateway.types import Backend, GenerationEvent, GenerationRequest, RouteInfo
 from tightwad.logs import get_logger
 from tightwad.rpc import client_channel
@@ -64,13 +72,19 @@ log = get_logger("tightwad.gateway.routes")
 
 @dataclass
 class BuiltRoutes:
-    """The route specs and what was started for them (the embedded agent, if any)."""
+    """The route specs and what was started for them (the embedded agent, if any);
+    ``backends``: routes served by a text-only target (no Engine, no RouteSpec)."""
 
     specs: list[RouteSpec]
     agent: AgentServer | None = None
     clients: list[EngineClient] = field(default_factory=list)
+    backends: dict[str, PassthroughBackend] = field(default_factory=dict)
+    text_drafters: list[TextDrafter] = field(default_factory=list)
 
     async def close(self) -> None:
+        for closable in [*self.backends.values(), *self.text_drafters]:
+            with contextlib.suppress(Exception):
+                await closable.close()
         for c in self.clients:
             with contextlib.suppress(Exception):
                 await c.close()
@@ -86,6 +100,8 @@ class _Builder:
         self.adapters: dict[str, HttpEngine] = {}
         self.remote: dict[tuple[str, str], EngineClient] = {}
         self.agent: AgentServer | None = None
+        self.passthrough: dict[str, PassthroughBackend] = {}
+        self.text: dict[str, TextDrafter] = {}
 
     # -- pass 1: what must run locally ------------------------------------------------
 
@@ -122,6 +138,23 @@ class _Builder:
                 ep, model_id=key, where=where, policy=self.cfg.upstreams
             )
         return key
+
+    def _ollama(self, ep: Endpoint, where: str) -> OllamaClient:
+        return OllamaClient(
+            str(ep.url), ep.model_name, policy=self.cfg.upstreams, url_key=f"{where}.url"
+        )
+
+    async def passthrough_backend(self, route: Route, ep: Endpoint, where: str) -> None:
+        backend = PassthroughBackend(route.name, OllamaUpstream(self._ollama(ep, where)))
+        self.passthrough[route.name] = backend
+        await backend.start()
+
+    async def text_drafter(self, ep: Endpoint, where: str) -> TextDrafter:
+        key = f"{ep.url}:{ep.model_name}"
+        if key not in self.text:
+            self.text[key] = TextDrafter(self._ollama(ep, where))
+            await self.text[key].start()
+        return self.text[key]
 
     # -- pass 2: clients ----------------------------------------------------------------
 
@@ -189,6 +222,8 @@ async def _can_verify(b: _Builder, ref: RouteTarget, where: str) -> bool:
     """Whether a target can verify drafts in one pass, asked before anything is loaded."""
     if isinstance(ref, ModelRef):
         return True  # an embedded engine always can
+    if isinstance(ref, Endpoint) and ref.backend == "ollama":
+        return False  # text only: served by a PassthroughBackend
     if isinstance(ref, Endpoint):
         engine = b.adapters[await b.adapter_id(ref, where)]
         return engine.facts.can_verify
@@ -234,11 +269,16 @@ async def build_routes(cfg: ClusterConfig, *, controller: bool = False) -> Built
                 mode, drafters = "none", ()
             if isinstance(route.target, ModelRef):
                 b.local_id(route.target, f"{where}.target")
+            elif _is_ollama(route.target):
+                await b.passthrough_backend(route, route.target, f"{where}.target")
+                continue
             elif isinstance(route.target, Endpoint):  # a plain route connects it here
                 await b.adapter_id(route.target, f"{where}.target")
             for j, d in enumerate(drafters):
                 if isinstance(d, ModelRef):
                     b.local_id(d, f"{where}.drafters.{j}")
+                elif _is_ollama(d):
+                    await b.text_drafter(d, f"{where}.drafters.{j}")
                 elif isinstance(d, Endpoint):
                     await b.adapter_id(d, f"{where}.drafters.{j}")
             plan.append((route, mode, drafters))
@@ -259,7 +299,18 @@ async def build_routes(cfg: ClusterConfig, *, controller: bool = False) -> Built
             where = f"routes.{i}" if cfg.routes else "proxy"
             target = await b.client(route.target, route, f"{where}.target")
             dclients = tuple(
-                [await b.client(d, route, f"{where}.drafters.{j}") for j, d in enumerate(drafters)]
+                [
+                    await b.client(d, route, f"{where}.drafters.{j}")
+                    for j, d in enumerate(drafters)
+                    if not _is_ollama(d)
+                ]
+            )
+            text_drafters = tuple(
+                [
+                    await b.text_drafter(d, f"{where}.drafters.{j}")
+                    for j, d in enumerate(drafters)
+                    if _is_ollama(d)
+                ]
             )
             specs.append(
                 RouteSpec(
@@ -267,13 +318,14 @@ async def build_routes(cfg: ClusterConfig, *, controller: bool = False) -> Built
                     target=target,
                     draft_mode=mode,  # type: ignore[arg-type]
                     drafters=dclients,
+                    text_drafters=text_drafters,
                     max_draft_tokens=route.max_draft_tokens,
                 )
             )
     except BaseException:
-        for c in b.remote.values():
+        for closable in [*b.passthrough.values(), *b.text.values(), *b.remote.values()]:
             with contextlib.suppress(Exception):
-                await c.close()
+                await closable.close()
         if b.agent is not None:
             await b.agent.stop(grace=0.5)
         else:
@@ -281,7 +333,17 @@ async def build_routes(cfg: ClusterConfig, *, controller: bool = False) -> Built
                 with contextlib.suppress(Exception):
                     await engine.close()
         raise
-    return BuiltRoutes(specs=specs, agent=b.agent, clients=list(b.remote.values()))
+    return BuiltRoutes(
+        specs=specs,
+        agent=b.agent,
+        clients=list(b.remote.values()),
+        backends=b.passthrough,
+        text_drafters=list(b.text.values()),
+    )
+
+
+def _is_ollama(ref: RouteTarget) -> bool:
+    return isinstance(ref, Endpoint) and ref.backend == "ollama"
 
 
 # --- routes the controller publishes ------------------------------------------------------

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -62,9 +62,13 @@ class GatewayServer:
     token: str | None = None
     credentials: Any = None  # grpc.ChannelCredentials for the controller and its engines
     watch: WatchSettings | None = None
+    # Routes that are not speculative loops (a text-only target: passthrough.py), by name;
+    # started with the rest, closed by whoever built them (BuiltRoutes.close).
+    passthrough: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._static = {s.name: SpecBackend(s) for s in self.specs}
+        self._static: dict[str, Any] = {s.name: SpecBackend(s) for s in self.specs}
+        self._static.update(self.passthrough)
         # The live route table: the app reads it on every request.
         self.backends: dict[str, Backend] = dict(self._static)
         self._limiters: dict[str, RouteLimiter] = {}

@@ -14,7 +14,11 @@ at most ``max_growth`` per round (shrinking at once). When the best k does not b
 decoding by ``min_gain``, it returns 0 (plain steps); after ``probe_every`` plain steps it
 probes one round with ``probe_k``. A probe that does not pay doubles the probe interval (up
 to ``max_probe_every``); one that pays resets it. Without a known ``t_plain``, the first step is
-a plain one, to measure it.
+a plain one, to measure it. When the measured costs say drafting could not pay even at an
+optimistic acceptance (``hopeless_acceptance``, e.g. a CPU where a wide verify costs nearly as
+much per token as a plain step), probes wait ``max_probe_every`` plain steps: each one would
+only re-confirm a loss. :meth:`plain_steps_ahead` says how many of the next rounds are
+certainly plain, so a caller can decode them as one stretch.
 
 Guarantee: deterministic (same inputs, same decisions); never returns k outside {0} and
 [k_min, k_max].
@@ -43,6 +47,7 @@ class DraftControlConfig:
     acceptance_decay: float = 0.95
     prior_acceptance: float = 0.5
     prior_weight: float = 1.0
+    hopeless_acceptance: float = 0.95
 
     def __post_init__(self) -> None:
         _require(1 <= self.k_min <= self.k_max, "k_min", "need 1 <= k_min <= k_max")
@@ -55,6 +60,7 @@ class DraftControlConfig:
         _require(0.0 < self.acceptance_decay < 1.0, "acceptance_decay", "within (0, 1)")
         _require(0.0 < self.prior_acceptance < 1.0, "prior_acceptance", "within (0, 1)")
         _require(self.prior_weight > 0.0, "prior_weight", "must be > 0")
+        _require(0.0 < self.hopeless_acceptance < 1.0, "hopeless_acceptance", "within (0, 1)")
 
 
 def _require(ok: bool, name: str, reason: str) -> None:
@@ -109,6 +115,8 @@ class DraftLengthController:
             self._rejected_w = (1.0 - acceptance) * weight
             if self._t_plain is not None and self._per_token_cost is not None:
                 self._k = self._choose()
+        if self.hopeless():
+            self._k = 0
 
     # --- estimates -------------------------------------------------------------------------
 
@@ -143,16 +151,40 @@ class DraftLengthController:
         cost = self._per_token_cost or 0.0
         return expected_emitted(self.acceptance, k) / (self._t_plain + cost * k)
 
+    def hopeless(self) -> bool:
+        """Drafting could not beat plain decoding at any k, even if the target accepted
+        ``hopeless_acceptance`` of the drafted tokens (False while the costs are unknown)."""
+        cfg = self.config
+        if self._t_plain is None or self._per_token_cost is None:
+            return False
+        t, c = self._t_plain, self._per_token_cost
+        plain = (1.0 + cfg.min_gain) / t
+        return all(
+            expected_emitted(cfg.hopeless_acceptance, k) / (t + c * k) <= plain
+            for k in range(cfg.k_min, cfg.k_max + 1)
+        )
+
+    def _probe_interval(self) -> int:
+        return self.config.max_probe_every if self.hopeless() else self._probe_every
+
     # --- decisions -------------------------------------------------------------------------
 
     def next_k(self) -> int:
         """Draft length for the next round (0 = one plain step)."""
         if self._t_plain is None:
             return 0
-        if self._k == 0 and self._plain_streak >= self._probe_every:
+        if self._k == 0 and self._plain_streak >= self._probe_interval():
             self._probing = True
             return self.config.probe_k
         return self._k
+
+    def plain_steps_ahead(self) -> int:
+        """How many of the next rounds will certainly be plain steps (0 when the next round
+        may draft): the caller may decode them as one stretch, then report each with
+        :meth:`record_plain`."""
+        if self._t_plain is None or self._k != 0:
+            return 0
+        return max(0, self._probe_interval() - self._plain_streak)
 
     def record_plain(self, step_seconds: float) -> None:
         """A plain (k = 0) step took ``step_seconds``."""

@@ -28,12 +28,21 @@ and streams text; it exposes no token ids, no tokenizer and no per-token probabi
   chat request is refused with a clear message (completions still work).
 
 A model missing from the server is reported with the models ``/api/tags`` lists.
+
+The gateway no longer routes through this byte-level engine: an Ollama *target* is served by
+:class:`tightwad.gateway.passthrough.PassthroughBackend` (``/api/chat`` and ``/api/generate``,
+counts in the model's real tokens) and an Ollama *drafter* by
+:class:`tightwad.gateway.text_draft.TextDrafter`, both over :class:`OllamaClient` below, the
+one place that speaks Ollama's text API. :class:`OllamaEngine` stays for an agent that must
+expose an Ollama server as an Engine (it shares the wire code: :func:`probe_model`,
+:func:`ollama_options`, :func:`read_chunk`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from tightwad.agent.adapters._base import (
@@ -44,6 +53,7 @@ from tightwad.agent.adapters._base import (
     StreamedToken,
     StreamRequest,
 )
+from tightwad.agent.adapters._http import HttpClient
 from tightwad.agent.engine.template import ChatTemplate, Message
 from tightwad.errors import (
     InvalidRequestError,
@@ -53,8 +63,20 @@ from tightwad.errors import (
 )
 from tightwad.logs import get_logger
 from tightwad.spec.sampling import SamplingConfig
+from tightwad.url_policy import UrlPolicy
 
-__all__ = ["BYTES_PER_TOKEN", "EOG_ID", "N_VOCAB", "OllamaEngine"]
+__all__ = [
+    "BYTES_PER_TOKEN",
+    "EOG_ID",
+    "N_VOCAB",
+    "OllamaChunk",
+    "OllamaClient",
+    "OllamaEngine",
+    "OllamaModel",
+    "ollama_options",
+    "probe_model",
+    "read_chunk",
+]
 
 log = get_logger("tightwad.adapters.ollama")
 
@@ -94,37 +116,12 @@ class OllamaEngine(HttpEngine):
 
     async def list_models(self) -> list[str]:
         """The models the server has (``/api/tags``)."""
-        tags = await self.http.get_json("/api/tags")
-        models = tags.get("models") if isinstance(tags, dict) else None
-        return [str(m.get("name")) for m in models or [] if isinstance(m, dict)]
+        return await list_models(self.http)
 
     async def start(self) -> None:
-        version = await self.http.get_json("/api/version")
-        try:
-            show = await self.http.post_json("/api/show", {"model": self._model})
-        except NotFoundError as exc:
-            try:
-                known = ", ".join(await self.list_models()) or "none"
-            except TightwadError:
-                known = "unknown (/api/tags failed)"
-            raise UnavailableError(
-                f"Ollama at {self.cfg.url} has no model {self._model!r} (it has: {known}); "
-                f"run `ollama pull {self._model}` there"
-            ) from exc
-        if not isinstance(show, dict):
-            raise UnavailableError(f"Ollama at {self.cfg.url}: /api/show answered {show!r}")
-        capabilities = show.get("capabilities")
-        if isinstance(capabilities, list) and "completion" not in capabilities:
-            raise UnavailableError(
-                f"Ollama model {self._model!r} at {self.cfg.url} cannot generate text "
-                f"(capabilities: {', '.join(map(str, capabilities)) or 'none'})"
-            )
-        info = _mapping(show.get("model_info"))
-        details = _mapping(show.get("details"))
-        arch = str(info.get("general.architecture") or details.get("family") or "")
-        ctx_train = _int(info.get(f"{arch}.context_length"))
-        num_ctx = _int(_parameters(show.get("parameters")).get("num_ctx"))
-        template = info.get("tokenizer.chat_template")
+        m = await probe_model(self.http, self.cfg.url, self._model)
+        arch, ctx_train = m.architecture, m.n_ctx_train
+        template = m.model_info.get("tokenizer.chat_template")
         if isinstance(template, str) and template:
             # Ollama adds BOS itself when it tokenizes a raw prompt: the template must not.
             self._template = ChatTemplate(template, bos_token="", eos_token="")
@@ -134,7 +131,7 @@ class OllamaEngine(HttpEngine):
         self._set_facts(
             AdapterFacts(
                 model_name=self._model,
-                n_ctx=BYTES_PER_TOKEN * (num_ctx or ctx_train or _DEFAULT_NUM_CTX),
+                n_ctx=BYTES_PER_TOKEN * m.n_ctx,
                 n_vocab=N_VOCAB,
                 vocab_fingerprint=_FINGERPRINT,
                 bos_token_id=-1,
@@ -144,9 +141,9 @@ class OllamaEngine(HttpEngine):
                 can_draft=False,
                 can_logprobs=False,
                 architecture=arch,
-                n_layers=_int(info.get(f"{arch}.block_count")),
+                n_layers=m.n_layers,
                 n_ctx_train=ctx_train,
-                version=f"ollama {_version(version)}".strip(),
+                version=f"ollama {m.version}".strip(),
             )
         )
         log.info(
@@ -206,46 +203,212 @@ class OllamaEngine(HttpEngine):
     # -- generation ---------------------------------------------------------------------
 
     def _body(self, req: StreamRequest) -> dict[str, Any]:
-        s = req.sampling
-        options: dict[str, Any] = {
-            "num_predict": req.n,
-            "temperature": max(0.0, s.temperature),
-            "top_k": s.top_k,
-            "top_p": s.top_p,
-            "min_p": s.min_p,
-            "repeat_penalty": s.repeat_penalty,
-            "repeat_last_n": s.penalty_last_n,
-            "presence_penalty": s.presence_penalty,
-            "frequency_penalty": s.frequency_penalty,
-            # Ollama's other samplers, off: Tightwad's chain is the one above.
-            "typical_p": 1.0,
-            "mirostat": 0,
-        }
-        if req.seed is not None:
-            options["seed"] = int(req.seed) & 0x7FFFFFFF
         return {
             "model": self._model,
             "prompt": _text(req.tokens),
             "raw": True,
             "stream": True,
-            "options": options,
+            "options": ollama_options(req.sampling, num_predict=req.n, seed=req.seed),
         }
 
     async def _stream(self, req: StreamRequest) -> AsyncIterator[StreamedToken]:
-        async for chunk in self.http.stream_json("/api/generate", self._body(req)):
-            if not isinstance(chunk, dict):
+        where = f"Ollama at {self.cfg.url}"
+        async for line in self.http.stream_json("/api/generate", self._body(req)):
+            chunk = read_chunk(line, where)
+            if chunk is None:
                 continue
-            if "error" in chunk:
-                raise UnavailableError(f"Ollama at {self.cfg.url}: {chunk['error']}")
-            for b in str(chunk.get("response") or "").encode("utf-8"):
+            for b in chunk.text.encode("utf-8"):
                 yield StreamedToken(token_id=b)
-            if chunk.get("done"):
-                reason = chunk.get("done_reason")
+            if chunk.done:
+                reason = chunk.done_reason
                 if reason is None:  # servers before done_reason: a short answer stopped
-                    reason = "length" if _int(chunk.get("eval_count")) >= req.n else "stop"
+                    reason = "length" if (chunk.eval_count or 0) >= req.n else "stop"
                 if reason == "stop":
                     yield StreamedToken(token_id=EOG_ID)
                 return
+
+
+# --- Ollama's text API, shared by the engine above and the gateway ----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OllamaModel:
+    """What ``/api/version`` and ``/api/show`` say about one model."""
+
+    name: str
+    version: str
+    architecture: str
+    n_ctx: int  # num_ctx of its parameters, else <arch>.context_length, else 2048
+    n_ctx_train: int
+    n_layers: int
+    model_info: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class OllamaChunk:
+    """One NDJSON object of a ``/api/generate`` or ``/api/chat`` stream (text of ``response``
+    or ``message.content``; the counts and ``done_reason`` only on the final one)."""
+
+    text: str
+    done: bool = False
+    done_reason: str | None = None
+    prompt_eval_count: int | None = None
+    eval_count: int | None = None
+    prompt_eval_ms: float = 0.0
+
+
+async def probe_model(http: HttpClient, url: str, model: str) -> OllamaModel:
+    """``/api/version`` + ``/api/show``; a missing model is named with what ``/api/tags``
+    lists, a model that cannot generate text is refused (both UnavailableError)."""
+    version = await http.get_json("/api/version")
+    try:
+        show = await http.post_json("/api/show", {"model": model})
+    except NotFoundError as exc:
+        try:
+            known = ", ".join(await list_models(http)) or "none"
+        except TightwadError:
+            known = "unknown (/api/tags failed)"
+        raise UnavailableError(
+            f"Ollama at {url} has no model {model!r} (it has: {known}); "
+            f"run `ollama pull {model}` there"
+        ) from exc
+    if not isinstance(show, dict):
+        raise UnavailableError(f"Ollama at {url}: /api/show answered {show!r}")
+    capabilities = show.get("capabilities")
+    if isinstance(capabilities, list) and "completion" not in capabilities:
+        raise UnavailableError(
+            f"Ollama model {model!r} at {url} cannot generate text "
+            f"(capabilities: {', '.join(map(str, capabilities)) or 'none'})"
+        )
+    info = _mapping(show.get("model_info"))
+    details = _mapping(show.get("details"))
+    arch = str(info.get("general.architecture") or details.get("family") or "")
+    ctx_train = _int(info.get(f"{arch}.context_length"))
+    num_ctx = _int(_parameters(show.get("parameters")).get("num_ctx"))
+    return OllamaModel(
+        name=model,
+        version=_version(version),
+        architecture=arch,
+        n_ctx=num_ctx or ctx_train or _DEFAULT_NUM_CTX,
+        n_ctx_train=ctx_train,
+        n_layers=_int(info.get(f"{arch}.block_count")),
+        model_info=info,
+    )
+
+
+async def list_models(http: HttpClient) -> list[str]:
+    """The models the server has (``/api/tags``)."""
+    tags = await http.get_json("/api/tags")
+    models = tags.get("models") if isinstance(tags, dict) else None
+    return [str(m.get("name")) for m in models or [] if isinstance(m, dict)]
+
+
+def ollama_options(
+    sampling: SamplingConfig,
+    *,
+    num_predict: int,
+    seed: int | None = None,
+    stop: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Tightwad's sampling chain under Ollama's option names (``num_predict`` -1: unbounded)."""
+    s = sampling
+    options: dict[str, Any] = {
+        "num_predict": num_predict,
+        "temperature": max(0.0, s.temperature),
+        "top_k": s.top_k,
+        "top_p": s.top_p,
+        "min_p": s.min_p,
+        "repeat_penalty": s.repeat_penalty,
+        "repeat_last_n": s.penalty_last_n,
+        "presence_penalty": s.presence_penalty,
+        "frequency_penalty": s.frequency_penalty,
+        # Ollama's other samplers, off: Tightwad's chain is the one above.
+        "typical_p": 1.0,
+        "mirostat": 0,
+    }
+    if seed is not None:
+        options["seed"] = int(seed) & 0x7FFFFFFF
+    if stop:
+        options["stop"] = list(stop)
+    return options
+
+
+def read_chunk(obj: object, where: str) -> OllamaChunk | None:
+    """One streamed object as an :class:`OllamaChunk` (None for what is not an object); an
+    ``{"error": ...}`` line (how Ollama reports a failure once streaming has begun) raises
+    UnavailableError."""
+    if not isinstance(obj, dict):
+        return None
+    if "error" in obj:
+        raise UnavailableError(f"{where}: {obj['error']}")
+    message = obj.get("message")
+    if isinstance(message, dict):
+        text = str(message.get("content") or "")
+    else:
+        text = str(obj.get("response") or "")
+    if not obj.get("done"):
+        return OllamaChunk(text=text)
+    reason = obj.get("done_reason")
+    return OllamaChunk(
+        text=text,
+        done=True,
+        done_reason=str(reason) if reason is not None else None,
+        prompt_eval_count=_int(obj["prompt_eval_count"]) if "prompt_eval_count" in obj else None,
+        eval_count=_int(obj["eval_count"]) if "eval_count" in obj else None,
+        prompt_eval_ms=_int(obj.get("prompt_eval_duration")) / 1e6,
+    )
+
+
+class OllamaClient:
+    """Ollama's own text API for one model: ``/api/chat`` (Ollama applies the model's
+    template) and ``/api/generate`` (``raw``: the prompt as given), streamed as
+    :class:`OllamaChunk`. Errors are :mod:`tightwad.errors` types (see ``HttpClient``); a
+    stream left early closes its connection, which stops Ollama generating."""
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        *,
+        policy: UrlPolicy | None = None,
+        url_key: str = "url",
+        timeout_s: float = 30.0,
+        stream_idle_s: float = 120.0,
+    ) -> None:
+        if policy is not None:
+            policy.check_url(url, key=url_key)
+        self.url = url
+        self.model = model
+        self._where = f"Ollama at {url}"
+        self.http = HttpClient(
+            url, timeout_s=timeout_s, stream_idle_s=stream_idle_s, what="Ollama", policy=policy
+        )
+
+    async def probe(self) -> OllamaModel:
+        return await probe_model(self.http, self.url, self.model)
+
+    def chat(
+        self, messages: Sequence[Mapping[str, str]], options: Mapping[str, Any]
+    ) -> AsyncIterator[OllamaChunk]:
+        body = {"model": self.model, "messages": list(messages), "stream": True}
+        return self._stream("/api/chat", {**body, "options": dict(options)})
+
+    def generate(
+        self, prompt: str, options: Mapping[str, Any], *, raw: bool = True
+    ) -> AsyncIterator[OllamaChunk]:
+        body = {"model": self.model, "prompt": prompt, "raw": raw, "stream": True}
+        return self._stream("/api/generate", {**body, "options": dict(options)})
+
+    async def _stream(self, path: str, body: Mapping[str, Any]) -> AsyncIterator[OllamaChunk]:
+        async for obj in self.http.stream_json(path, body):
+            chunk = read_chunk(obj, self._where)
+            if chunk is not None:
+                yield chunk
+                if chunk.done:
+                    return
+
+    async def close(self) -> None:
+        await self.http.close()
 
 
 def _text(tokens: Sequence[int]) -> str:
