@@ -81,7 +81,10 @@ class RouteSpec:
     max_draft_tokens: int = 32
     pipeline: bool = False
     hybrid_min_match: int = 3
-    ngram_max_n: int = 4
+    ngram_max_n: int = 12
+    # An n-gram match at least this long is a copy (an edit, a quoted block): draft
+    # max_draft_tokens at once instead of ramping up (llama.cpp's ngram-simple: 12 → 48).
+    copy_min_match: int = 8
     draft_timeout_s: float = 5.0
     draft_min_confidence: float = 0.0
     draft_top_m: int = 16
@@ -378,6 +381,9 @@ class _Run:
         self.wants_drafter = False
         # Draft length forced by a run of fully accepted copy drafts (0 = none).
         self.run_k = 0
+        # Copy drafts (long n-gram matches) are off until this many tokens are out, after one
+        # that was mostly rejected.
+        self.copy_off_until = 0
         # Leading tokens of the draft session known to equal prompt + output.
         self.draft_valid = 0
         # Whether this round's drafts are in the draft session (model or pipelined drafts).
@@ -447,10 +453,11 @@ class _Run:
             k = min(max(control.next_k(), run_k), self.spec.max_draft_tokens, room - 1)
             if k > 0 and self.wants_drafter and self.opening is None:
                 self.opening = asyncio.create_task(self._open_drafter())
+            copy = False
             if not drafts:
                 self.from_model = False
-                if k > 0:
-                    drafts, q = await self._propose(k)
+                if k > 0 or self.ngram is not None:
+                    drafts, q, copy = await self._propose(k, room - 1)
             drafts, q = drafts[: max(0, room - 1)], (q[: max(0, room - 1)] if q else None)
             t_draft = time.perf_counter() - t0
             self._start_pipeline(drafts)
@@ -463,7 +470,9 @@ class _Run:
                 control.record(k, len(drafts), res.accepted, elapsed, t_draft)
             else:
                 control.record_plain(elapsed)
-            self._update_run_k(k, drafts, res.accepted, elapsed, control)
+            if copy and res.accepted < len(drafts) // 2:
+                self.copy_off_until = len(self.output) + 16
+            self._update_run_k(max(k, len(drafts)), drafts, res.accepted, elapsed, control)
             block = [*drafts[: res.accepted], res.next_token]
             before = len(self.output)
             self.output.extend(block)
@@ -600,9 +609,15 @@ class _Run:
             # The caller says the output is mostly this text: start with long copy drafts
             # (a wrong guess costs one wide verify; the run logic then falls back).
             self.run_k = self.spec.max_draft_tokens
-        if mode in ("ngram", "hybrid"):
+            # Where the output has left the prediction, n-gram lookups over the prediction and
+            # the prompt (which usually quotes the original) find the way back. The prediction
+            # is indexed first: lookups match the end of the sequence, the committed tokens.
+            self.ngram = NGramProposer(min_n=2, max_n=self.spec.ngram_max_n)
+            self.ngram.extend(toks)
+        if mode in ("ngram", "hybrid") and self.ngram is None:
             # A 1-token suffix match proposes mostly junk that only costs verify width.
             self.ngram = NGramProposer(min_n=2, max_n=self.spec.ngram_max_n)
+        if self.ngram is not None:
             self.ngram.extend(self.prompt)
         # Text drafters serve when no Engine drafter (same vocabulary, token level) is healthy.
         self.text_draft = None
@@ -666,31 +681,40 @@ class _Run:
         self.draft = None
         self._cancel_pipeline()
 
-    async def _propose(self, k: int) -> tuple[list[int], list[SparseDist] | None]:
-        if self.prediction is not None:
+    async def _propose(self, k: int, room: int) -> tuple[list[int], list[SparseDist] | None, bool]:
+        """Drafts for this round (k = 0: only a copy), their q, and whether it is a copy."""
+        if self.prediction is not None and k > 0:
             got = self.prediction.propose(self.output, k)
             if got:
-                return got, None
+                return got, None, False
         if self.ngram is not None:
-            match = self.ngram.lookup(None, k)
+            k_copy = min(self.spec.max_draft_tokens, room)
+            match = self.ngram.lookup(None, max(k, k_copy))
+            if (
+                match.match_length >= self.spec.copy_min_match
+                and len(self.output) >= self.copy_off_until
+            ):
+                return list(match.tokens), None, True
             long_enough = self.spec.draft_mode == "ngram" or (
                 match.match_length >= self.spec.hybrid_min_match
             )
-            if match.tokens and long_enough:
-                return list(match.tokens), None
+            if k > 0 and match.tokens and long_enough:
+                return list(match.tokens[:k]), None, False
+        if k <= 0:
+            return [], None, False
         if self.text_draft is not None:
             drafts = await self.text_draft.propose(self.output, k)
             if self.text_draft.dropped:
                 self.c.draft_failures += 1
                 self.text_draft = None
-            return drafts, None
+            return drafts, None, False
         if self.draft is not None:
             committed = [*self.prompt, *self.output]
             keep = self.draft_valid
             drafts, q = await self._model_draft(k, keep=keep, append=committed[keep:])
             self.from_model = bool(drafts)
-            return drafts, q
-        return [], None
+            return drafts, q, False
+        return [], None, False
 
     async def _model_draft(
         self, k: int, *, keep: int, append: Sequence[int] = ()
