@@ -1,0 +1,65 @@
+"""Copy mode: a long n-gram match drafts ``max_draft_tokens`` at once instead of ramping up.
+
+Driven over the real gRPC session stream against the deterministic fake engine of the
+benchmarks (it continues any sequence with t -> t % 255 + 1 and accepts drafts that agree),
+so the test sees exactly which drafts the loop sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from benchmarks.fake_engine import registration
+from tightwad.gateway.engine_client import EngineClient
+from tightwad.gateway.loop import RouteSpec, SpecBackend
+from tightwad.gateway.types import Finished, GenerationRequest, GenerationStats
+from tightwad.rpc import GrpcServer
+
+
+@pytest.fixture
+async def fake_address() -> AsyncIterator[str]:
+    server = GrpcServer([registration()], address="127.0.0.1:0")
+    await server.start()
+    yield server.bound_address
+    await server.stop(0)
+
+
+async def _run(address: str, prompt: list[int], n: int, **spec: object) -> GenerationStats:
+    backend = SpecBackend(
+        RouteSpec(name="r", target=EngineClient(address, "fake"), **spec)  # type: ignore[arg-type]
+    )
+    await backend.start()
+    req = GenerationRequest(model="r", prompt_tokens=tuple(prompt), max_tokens=n)
+    stats = None
+    async for ev in backend.generate(req):
+        if isinstance(ev, Finished):
+            stats = ev.stats
+    await backend.spec.target.close()
+    assert stats is not None
+    return stats
+
+
+async def test_a_long_match_drafts_the_whole_copy_in_one_round(fake_address: str) -> None:
+    # The prompt already holds 1..60; it ends with 1..10, so the output continues 11, 12, ...
+    # and its last 10 tokens match 10 tokens of the prompt: a copy.
+    prompt = [*range(1, 61), *range(1, 11)]
+    stats = await _run(fake_address, prompt, 25, draft_mode="ngram", max_draft_tokens=24)
+    assert (stats.rounds, stats.drafted, stats.accepted, stats.plain_steps) == (1, 24, 24, 0)
+
+
+async def test_short_matches_still_ramp_up(fake_address: str) -> None:
+    # Only a 3-token suffix recurs: no copy, the first step is plain (measuring t_plain).
+    prompt = [*range(1, 61), 200, 8, 9, 10]
+    stats = await _run(fake_address, prompt, 25, draft_mode="ngram", max_draft_tokens=24)
+    assert stats.plain_steps >= 1
+    assert stats.drafted < 24 * stats.rounds
+
+
+async def test_copy_mode_can_be_turned_off(fake_address: str) -> None:
+    prompt = [*range(1, 61), *range(1, 11)]
+    stats = await _run(
+        fake_address, prompt, 25, draft_mode="ngram", max_draft_tokens=24, copy_min_match=64
+    )
+    assert stats.plain_steps >= 1 and stats.rounds != 1
