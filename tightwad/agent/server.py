@@ -257,7 +257,10 @@ class ControllerLink:
         token: str | None,
         refresh_s: float = 30.0,
         clock: Clock | None = None,
-        max_backoff_s: float = 10.0,
+        # Well under the controller's default heartbeat timeout (10 s), which is also the grace
+        # a restarted controller gives known nodes to re-attach: a link that has been failing
+        # for a while still comes back in time to keep its deployments.
+        max_backoff_s: float = 4.0,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self._node = node

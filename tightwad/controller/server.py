@@ -99,14 +99,9 @@ class ControllerServer:
         if self._grpc is not None:
             # Agents' Register streams and followers never end by themselves: end them first
             # (they reconnect to the next controller), so ``grace`` is for calls in flight.
-            stopping = asyncio.create_task(self._grpc.stop(grace))
-            ended = 0
-            while not stopping.done():  # also any stream opened before the port closed
-                if self._servicer is not None:
-                    ended += self._servicer.end_streams()
-                await asyncio.wait({stopping}, timeout=0.1)
-            log.info("controller_drained", streams_ended=ended)
-            await stopping
+            if self._servicer is not None:
+                self._servicer.end_streams()
+            await self._grpc.stop(grace)
             self._grpc = None
         if self.controller is not None:
             await self.controller.stop()

@@ -1,15 +1,16 @@
 """ControllerService: thin — convert the request, call the Controller, convert the reply.
 
-Long-lived streams (``Register``, ``WatchRoutes``, ``WatchEvents``) are tracked so that a
-shutdown ends them at once (:meth:`ControllerServicer.end_streams`): they never finish on their
-own, so a graceful stop would otherwise wait its whole deadline for them.
+Long-lived streams (``Register``, ``WatchRoutes``, ``WatchEvents``) end with OK as soon as
+:meth:`ControllerServicer.end_streams` is called: they never finish on their own, so a graceful
+stop would otherwise wait its whole deadline for them (cancelling their tasks is not enough:
+gRPC only counts a call as done once its status is sent).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from typing import TypeVar
 
 import grpc
 
@@ -34,35 +35,41 @@ from tightwad.v1 import controller_pb2_grpc
 
 __all__ = ["ControllerServicer"]
 
+T = TypeVar("T")
+
 
 class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
     def __init__(self, controller: Controller) -> None:
         self._c = controller
         self._sessions: dict[NodeId, object] = {}
-        self._streams: set[asyncio.Task[object]] = set()
+        self._closing = asyncio.Event()
 
-    def _track(self) -> asyncio.Task[object]:
-        """Track the calling stream's task (the caller discards it when the stream ends)."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._streams.add(task)
-        return task
+    def end_streams(self) -> None:
+        """Shutdown: end every long-lived stream, and any opened later, now (clients reconnect
+        to the next controller); unary calls in flight keep their drain time."""
+        self._closing.set()
 
-    @contextmanager
-    def _long_lived(self) -> Iterator[None]:
-        task = self._track()
+    async def _until_closing(self, source: AsyncIterator[T]) -> AsyncIterator[T]:
+        """The items of ``source`` until it ends or :meth:`end_streams` is called."""
+        closing = asyncio.ensure_future(self._closing.wait())
+        item: asyncio.Future[T] | None = None
         try:
-            yield
+            while not self._closing.is_set():
+                item = asyncio.ensure_future(anext(source))
+                await asyncio.wait({item, closing}, return_when=asyncio.FIRST_COMPLETED)
+                if not item.done():
+                    return
+                try:
+                    value = item.result()
+                except StopAsyncIteration:
+                    return
+                item = None
+                yield value
         finally:
-            self._streams.discard(task)
-
-    def end_streams(self) -> int:
-        """Shutdown: cancel every long-lived stream now (clients reconnect to the next
-        controller); unary calls in flight keep their drain time. How many were ended."""
-        streams = list(self._streams)
-        for task in streams:
-            task.cancel()
-        return len(streams)
+            for pending in (item, closing):
+                if pending is not None and not pending.done():
+                    pending.cancel()
+                    await asyncio.gather(pending, return_exceptions=True)
 
     async def Register(
         self, request_iterator: AsyncIterator[pb.RegisterRequest], context: grpc.aio.ServicerContext
@@ -70,9 +77,8 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         c = self._c
         node_id: NodeId | None = None
         session = object()
-        stream = self._track()
         try:
-            async for req in request_iterator:
+            async for req in self._until_closing(aiter(request_iterator)):
                 kind = req.WhichOneof("message")
                 now = c.clock.time()
                 if node_id is None:
@@ -104,7 +110,6 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
                 else:
                     raise InvalidRequestError("hello sent twice on one Register stream")
         finally:
-            self._streams.discard(stream)
             if node_id is not None and self._sessions.get(node_id) is session:
                 del self._sessions[node_id]
                 c.registry.disconnect(node_id, c.clock.time())
@@ -174,13 +179,12 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
     async def WatchEvents(
         self, request: pb.WatchEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchEventsResponse]:
-        with self._long_lived():
-            async for event in self._c.events.follow(request.since, follow=request.follow):
-                yield pb.WatchEventsResponse(event=event_to_proto(event))
+        events = self._c.events.follow(request.since, follow=request.follow)
+        async for event in self._until_closing(events):
+            yield pb.WatchEventsResponse(event=event_to_proto(event))
 
     async def WatchRoutes(
         self, request: pb.WatchRoutesRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchRoutesResponse]:
-        with self._long_lived():
-            async for routes in self._c.watch_routes():
-                yield pb.WatchRoutesResponse(routes=[route_to_proto(r) for r in routes])
+        async for routes in self._until_closing(self._c.watch_routes()):
+            yield pb.WatchRoutesResponse(routes=[route_to_proto(r) for r in routes])
