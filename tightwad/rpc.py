@@ -161,9 +161,11 @@ class _ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
         method = handler_call_details.method
+        # Health and reflection are grpc's own servicers (Watch writes with context.write,
+        # which the wrappers below would break) and raise none of our errors.
+        if handler is None or method.startswith(_EXEMPT_PREFIXES):
+            return handler
         kw = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,

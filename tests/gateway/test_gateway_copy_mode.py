@@ -1,4 +1,4 @@
-"""Copy mode: a long n-gram match drafts ``max_draft_tokens`` at once instead of ramping up.
+"""Copy mode: a long n-gram match drafts ``copy_start_tokens`` at once instead of ramping up.
 
 Driven over the real gRPC session stream against the deterministic fake engine of the
 benchmarks (it continues any sequence with t -> t % 255 + 1 and accepts drafts that agree),
@@ -41,12 +41,14 @@ async def _run(address: str, prompt: list[int], n: int, **spec: object) -> Gener
     return stats
 
 
-async def test_a_long_match_drafts_the_whole_copy_in_one_round(fake_address: str) -> None:
-    # The prompt already holds 1..60; it ends with 1..10, so the output continues 11, 12, ...
-    # and its last 10 tokens match 10 tokens of the prompt: a copy.
-    prompt = [*range(1, 61), *range(1, 11)]
+async def test_a_long_match_drafts_a_copy_at_once(fake_address: str) -> None:
+    # The prompt already holds 1..60; it ends with 1..12, so the output continues 13, 14, ...
+    # and its last 12 tokens match 12 tokens of the prompt: a copy. The first round drafts
+    # copy_start_tokens (16); the second only what the budget of 25 can still use (7).
+    prompt = [*range(1, 61), *range(1, 13)]
     stats = await _run(fake_address, prompt, 25, draft_mode="ngram", max_draft_tokens=24)
-    assert (stats.rounds, stats.drafted, stats.accepted, stats.plain_steps) == (1, 24, 24, 0)
+    assert (stats.rounds, stats.drafted, stats.accepted, stats.plain_steps) == (2, 23, 23, 0)
+    assert stats.accepted_by_position == (2,) * 7 + (1,) * 9
 
 
 async def test_short_matches_still_ramp_up(fake_address: str) -> None:
@@ -58,7 +60,7 @@ async def test_short_matches_still_ramp_up(fake_address: str) -> None:
 
 
 async def test_copy_mode_can_be_turned_off(fake_address: str) -> None:
-    prompt = [*range(1, 61), *range(1, 11)]
+    prompt = [*range(1, 61), *range(1, 13)]
     stats = await _run(
         fake_address, prompt, 25, draft_mode="ngram", max_draft_tokens=24, copy_min_match=64
     )

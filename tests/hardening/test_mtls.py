@@ -118,7 +118,11 @@ async def test_health_stays_open_for_probes(server: GrpcServer, pki: Pki) -> Non
 
     channel = client_channel(server.bound_address, credentials=channel_credentials(pki.client))
     async with channel:
-        reply = await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(), timeout=5
-        )
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        # Watch streams too (the error-mapping interceptor leaves grpc's own servicers alone).
+        watch = stub.Watch(health_pb2.HealthCheckRequest(), timeout=5)
+        first = await watch.read()
+        watch.cancel()
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    assert first.status == health_pb2.HealthCheckResponse.SERVING

@@ -83,8 +83,10 @@ class RouteSpec:
     hybrid_min_match: int = 3
     ngram_max_n: int = 12
     # An n-gram match at least this long is a copy (an edit, a quoted block): draft
-    # max_draft_tokens at once instead of ramping up (llama.cpp's ngram-simple: 12 → 48).
-    copy_min_match: int = 8
+    # copy_start_tokens at once, doubling while copies are accepted whole, instead of ramping
+    # up from the controller's k (llama.cpp's ngram-simple: a 12-token match drafts 48).
+    copy_min_match: int = 12
+    copy_start_tokens: int = 16
     draft_timeout_s: float = 5.0
     draft_min_confidence: float = 0.0
     draft_top_m: int = 16
@@ -382,8 +384,10 @@ class _Run:
         # Draft length forced by a run of fully accepted copy drafts (0 = none).
         self.run_k = 0
         # Copy drafts (long n-gram matches) are off until this many tokens are out, after one
-        # that was mostly rejected.
+        # that was mostly rejected; each further failure doubles the pause (code repeats
+        # boilerplate that matches long and continues differently; edits copy for real).
         self.copy_off_until = 0
+        self.copy_pause = 16
         # Leading tokens of the draft session known to equal prompt + output.
         self.draft_valid = 0
         # Whether this round's drafts are in the draft session (model or pipelined drafts).
@@ -442,6 +446,8 @@ class _Run:
             room = n_ctx - len(self.prompt) - len(self.output)
             if room <= 0:
                 break
+            # Tokens a round may still emit: draft no more than the budget can use.
+            left = room if guard.max_tokens is None else min(room, guard.max_tokens - guard.count)
             stretch = 0 if drafts else self._plain_stretch(control, room, guard)
             if stretch > 1:
                 async for delta in self._plain_run(stretch, guard, control):
@@ -450,15 +456,15 @@ class _Run:
             t0 = time.perf_counter()
             # Copy runs apply once a plain step has been measured (the goodput check needs it).
             run_k = self.run_k if control.plain_step_seconds() is not None else 0
-            k = min(max(control.next_k(), run_k), self.spec.max_draft_tokens, room - 1)
+            k = min(max(control.next_k(), run_k), self.spec.max_draft_tokens, left - 1)
             if k > 0 and self.wants_drafter and self.opening is None:
                 self.opening = asyncio.create_task(self._open_drafter())
             copy = False
             if not drafts:
                 self.from_model = False
                 if k > 0 or self.ngram is not None:
-                    drafts, q, copy = await self._propose(k, room - 1)
-            drafts, q = drafts[: max(0, room - 1)], (q[: max(0, room - 1)] if q else None)
+                    drafts, q, copy = await self._propose(k, left - 1)
+            drafts, q = drafts[: max(0, left - 1)], (q[: max(0, left - 1)] if q else None)
             t_draft = time.perf_counter() - t0
             self._start_pipeline(drafts)
             res = await self._target_call(self.target.verify(drafts, q))
@@ -471,7 +477,10 @@ class _Run:
             else:
                 control.record_plain(elapsed)
             if copy and res.accepted < len(drafts) // 2:
-                self.copy_off_until = len(self.output) + 16
+                self.copy_off_until = len(self.output) + self.copy_pause
+                self.copy_pause *= 2
+            elif copy and res.accepted == len(drafts):
+                self.copy_pause = 16
             self._update_run_k(max(k, len(drafts)), drafts, res.accepted, elapsed, control)
             block = [*drafts[: res.accepted], res.next_token]
             before = len(self.output)
@@ -688,7 +697,7 @@ class _Run:
             if got:
                 return got, None, False
         if self.ngram is not None:
-            k_copy = min(self.spec.max_draft_tokens, room)
+            k_copy = min(max(k, self.spec.copy_start_tokens), self.spec.max_draft_tokens, room)
             match = self.ngram.lookup(None, max(k, k_copy))
             if (
                 match.match_length >= self.spec.copy_min_match
