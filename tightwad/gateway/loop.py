@@ -615,9 +615,10 @@ class _Run:
                 self.req.prediction, add_special=False, parse_special=False
             )
             self.prediction = PredictionProposer(toks)
-            # The caller says the output is mostly this text: start with long copy drafts
-            # (a wrong guess costs one wide verify; the run logic then falls back).
-            self.run_k = self.spec.max_draft_tokens
+            # The caller says the output is mostly this text: start with copy-length drafts
+            # that double while accepted (a wrong guess costs one wide verify; the run logic
+            # then falls back).
+            self.run_k = min(self.spec.copy_start_tokens, self.spec.max_draft_tokens)
             # Where the output has left the prediction, n-gram lookups over the prediction and
             # the prompt (which usually quotes the original) find the way back. The prediction
             # is indexed first: lookups match the end of the sequence, the committed tokens.
