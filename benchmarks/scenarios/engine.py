@@ -32,7 +32,7 @@ from benchmarks.report import RESULTS, Report
 from benchmarks.scenarios.overhead import session_round_trips
 from benchmarks.stacks import fake_engine_process, llama_server
 from tightwad.agent.engine._llama import LlamaLoadParams, LlamaModel
-from tightwad.agent.engine.core import EngineConfig
+from tightwad.agent.engine.core import EngineConfig, _cpu_executor
 from tightwad.agent.server import AgentServer, AgentSettings
 from tightwad.gateway.engine_client import EngineClient
 from tightwad.models import ensure_model
@@ -111,16 +111,26 @@ async def _verify_sweep(
     client: EngineClient, path: Any, prompt: list[int], ks: list[int], args: argparse.Namespace
 ) -> dict[int, dict[str, list[float]]]:
     """Per k: client round trip and engine verify_ms of Verify(k), and raw decode of k+1."""
-    raw = await asyncio.to_thread(
-        LlamaModel,
-        LlamaLoadParams(
-            path=path, n_ctx=4096, n_threads=args.threads, flash_attn=True, n_seq_max=1
-        ),
+    # The raw model computes on the engines' shared CPU thread: a second calling thread would
+    # start a second OpenMP team and slow both (see tightwad.agent.engine.core).
+    loop = asyncio.get_running_loop()
+    cpu = _cpu_executor()
+    params = LlamaLoadParams(
+        path=path, n_ctx=4096, n_threads=args.threads, flash_attn=True, n_seq_max=1
     )
+    raw = await loop.run_in_executor(cpu, LlamaModel, params)
+
+    def raw_round(toks: list[int], base: int) -> float:
+        t0 = time.perf_counter()
+        raw.decode(0, toks, base - 1, list(range(len(toks))))
+        ms = (time.perf_counter() - t0) * 1000.0
+        raw.seq_rm(0, base - 1)
+        return ms
+
     out: dict[int, dict[str, list[float]]] = {k: {"rtt": [], "engine": [], "raw": []} for k in ks}
     try:
         # As in an engine session: all of the prompt but its last (pending) token in the cache.
-        raw.decode(0, prompt[:-1], 0, [len(prompt) - 2])
+        await loop.run_in_executor(cpu, raw.decode, 0, prompt[:-1], 0, [len(prompt) - 2])
         base = len(prompt)
         # Draft tokens that the target will mostly reject: the cost of a round does not depend
         # on what is accepted, only on k.
@@ -136,13 +146,10 @@ async def _verify_sweep(
             out[k]["rtt"].append((time.perf_counter() - t0) * 1000.0)
             out[k]["engine"].append(v.verify_ms)
             toks = [prompt[-1], *filler[:k]]
-            t0 = time.perf_counter()
-            raw.decode(0, toks, base - 1, list(range(len(toks))))
-            out[k]["raw"].append((time.perf_counter() - t0) * 1000.0)
-            raw.seq_rm(0, base - 1)
+            out[k]["raw"].append(await loop.run_in_executor(cpu, raw_round, toks, base))
         await sess.close()
     finally:
-        raw.close()
+        await loop.run_in_executor(cpu, raw.close)
     return out
 
 

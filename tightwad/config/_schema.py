@@ -345,6 +345,7 @@ class GatewayConfig:
     max_concurrency: int = 4
     queue_size: int = 64
     request_timeout_s: float = 600.0
+    body_timeout_s: float = 30.0
     metrics_allow: tuple[IPNetwork, ...] = _LOOPBACK
 
 

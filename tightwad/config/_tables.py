@@ -221,6 +221,7 @@ def gateway_table(proxy: ProxyConfig | None) -> dict[str, Field]:
         "max_concurrency": Field(integer(1), base.max_concurrency),
         "queue_size": Field(integer(0), base.queue_size),
         "request_timeout_s": Field(number(positive=True), base.request_timeout_s),
+        "body_timeout_s": Field(number(positive=True), base.body_timeout_s),
         "metrics_allow": Field(network_list, base.metrics_allow),
     }
 

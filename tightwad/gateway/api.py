@@ -76,6 +76,8 @@ class GatewaySettings:
     max_concurrency: int = 8  # per route
     max_queue: int = 32  # per route, beyond max_concurrency; then 429
     request_timeout_s: float = 600.0
+    # A request body must arrive within this many seconds of its headers (slow-loris bodies).
+    body_timeout_s: float = 30.0
     status_allow_networks: tuple[str, ...] = ()  # CIDRs for /metrics and status; empty = open
     default_max_tokens: int = 512
     default_temperature: float = 1.0  # OpenAI's default when a request omits temperature
@@ -86,6 +88,7 @@ class GatewaySettings:
             "max_tokens_cap": self.max_tokens_cap,
             "max_concurrency": self.max_concurrency,
             "request_timeout_s": self.request_timeout_s,
+            "body_timeout_s": self.body_timeout_s,
             "default_max_tokens": self.default_max_tokens,
         }
         for name, value in positive.items():
@@ -119,6 +122,12 @@ def _http_error_response(request: web.Request, exc: web.HTTPException) -> web.Re
     if exc.status == 405:
         message = f"Method {request.method} is not allowed on {request.path}."
         return error_response(405, message, "invalid_request_error", code="method_not_allowed")
+    if exc.status == 408:
+        message = (
+            "The request body did not arrive within "
+            f"{request.app[GATEWAY].settings.body_timeout_s:g} s."
+        )
+        return error_response(408, message, "invalid_request_error", code="request_timeout")
     if exc.status == 413:
         message = f"Request body too large: the limit is {request.app[GATEWAY].max_body} bytes."
         return error_response(413, message, "invalid_request_error", code="request_too_large")
@@ -239,7 +248,12 @@ async def _read_json(request: web.Request) -> dict[str, Any]:
     limit = request.app[GATEWAY].max_body
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    return parse_json_object(await request.read())
+    try:
+        raw = await asyncio.wait_for(request.read(), request.app[GATEWAY].settings.body_timeout_s)
+    except TimeoutError:
+        # The unread rest of the body makes aiohttp close the connection after this answer.
+        raise web.HTTPRequestTimeout() from None
+    return parse_json_object(raw)
 
 
 async def _chat_completions(request: web.Request) -> web.StreamResponse:

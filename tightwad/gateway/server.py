@@ -36,6 +36,7 @@ def settings_from_config(cfg: ClusterConfig, *, api_key: str | None = None) -> G
         max_concurrency=g.max_concurrency,
         max_queue=g.queue_size,
         request_timeout_s=g.request_timeout_s,
+        body_timeout_s=g.body_timeout_s,
         status_allow_networks=tuple(str(n) for n in g.metrics_allow),
     )
 
