@@ -193,6 +193,8 @@ class RemoteSession:
         # A Generate command whose events were not all read: the stream can carry no other
         # command, and closing it must cancel (the engine would otherwise decode on).
         self._streaming = False
+        # Verify commands sent whose results were not read yet (closing then cancels too).
+        self._pending = 0
 
     async def _send(self, **command: Any) -> int:
         self._seq += 1
@@ -247,13 +249,26 @@ class RemoteSession:
         )
 
     async def verify(self, draft: Sequence[int], q: Sequence[SparseDist] | None = None) -> Verified:
-        probs = []
-        if q:
-            probs = [sparse_to_pb(d) for d in q]
+        await self.send_verify(draft, q)
+        return await self.read_verified()
+
+    async def send_verify(
+        self, draft: Sequence[int] = (), q: Sequence[SparseDist] | None = None
+    ) -> None:
+        """Queue a Verify on the engine without waiting; :meth:`read_verified` takes its result
+        (results come back in the order sent). Used to keep the engine busy: the next plain
+        step is queued before this one's result has been looked at."""
+        probs = [sparse_to_pb(d) for d in q] if q else []
         await self._send(
             verify=engine_pb2.VerifyCommand(draft_token_ids=list(draft), draft_probs=probs)
         )
+        self._pending += 1
+
+    async def read_verified(self) -> Verified:
         resp = await self._read()
+        self._pending -= 1
+        if resp.WhichOneof("event") != "verified":
+            raise InvalidRequestError(f"unexpected {resp.WhichOneof('event')} after verify")
         v = resp.verified
         return Verified(
             accepted=v.accepted,
@@ -330,7 +345,7 @@ class RemoteSession:
     async def close(self) -> None:
         if self.closed:
             return
-        if self._streaming:
+        if self._streaming or self._pending:
             self.abort()
             return
         self.closed = True

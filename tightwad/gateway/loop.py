@@ -87,6 +87,9 @@ class RouteSpec:
     # up from the controller's k (llama.cpp's ngram-simple: a 12-token match drafts 48).
     copy_min_match: int = 12
     copy_start_tokens: int = 16
+    # Plain steps between drafts: queue the next plain step before looking at this one's
+    # token, so the engine never idles for a round trip (drafting starts one token later).
+    plain_lookahead: bool = True
     draft_timeout_s: float = 5.0
     draft_min_confidence: float = 0.0
     draft_top_m: int = 16
@@ -388,6 +391,8 @@ class _Run:
         # boilerplate that matches long and continues differently; edits copy for real).
         self.copy_off_until = 0
         self.copy_pause = 16
+        # A plain Verify queued on the target whose result the next round takes.
+        self.ahead = False
         # Leading tokens of the draft session known to equal prompt + output.
         self.draft_valid = 0
         # Whether this round's drafts are in the draft session (model or pipelined drafts).
@@ -448,26 +453,31 @@ class _Run:
                 break
             # Tokens a round may still emit: draft no more than the budget can use.
             left = room if guard.max_tokens is None else min(room, guard.max_tokens - guard.count)
-            stretch = 0 if drafts else self._plain_stretch(control, room, guard)
-            if stretch > 1:
-                async for delta in self._plain_run(stretch, guard, control):
-                    yield delta
-                continue
             t0 = time.perf_counter()
-            # Copy runs apply once a plain step has been measured (the goodput check needs it).
-            run_k = self.run_k if control.plain_step_seconds() is not None else 0
-            k = min(max(control.next_k(), run_k), self.spec.max_draft_tokens, left - 1)
-            if k > 0 and self.wants_drafter and self.opening is None:
-                self.opening = asyncio.create_task(self._open_drafter())
-            copy = False
-            if not drafts:
-                self.from_model = False
-                if k > 0 or self.ngram is not None:
-                    drafts, q, copy = await self._propose(k, left - 1)
-            drafts, q = drafts[: max(0, left - 1)], (q[: max(0, left - 1)] if q else None)
-            t_draft = time.perf_counter() - t0
-            self._start_pipeline(drafts)
-            res = await self._target_call(self.target.verify(drafts, q))
+            k, copy, t_draft = 0, False, 0.0
+            if self.ahead:  # the plain step queued last round
+                self.ahead = False
+                res = await self._target_call(self.target.read_verified())
+            else:
+                stretch = 0 if drafts else self._plain_stretch(control, room, guard)
+                if stretch > 1:
+                    async for delta in self._plain_run(stretch, guard, control):
+                        yield delta
+                    continue
+                # Copy runs apply once a plain step has been measured (the goodput check
+                # needs it).
+                run_k = self.run_k if control.plain_step_seconds() is not None else 0
+                k = min(max(control.next_k(), run_k), self.spec.max_draft_tokens, left - 1)
+                if k > 0 and self.wants_drafter and self.opening is None:
+                    self.opening = asyncio.create_task(self._open_drafter())
+                if not drafts:
+                    self.from_model = False
+                    if k > 0 or self.ngram is not None:
+                        drafts, q, copy = await self._propose(k, left - 1)
+                drafts, q = drafts[: max(0, left - 1)], (q[: max(0, left - 1)] if q else None)
+                t_draft = time.perf_counter() - t0
+                self._start_pipeline(drafts)
+                res = await self._target_call(self._round(drafts, q, left))
             elapsed = time.perf_counter() - t0
             self.c.draft_ms += t_draft * 1000.0
             self.c.verify_ms += res.verify_ms
@@ -506,6 +516,16 @@ class _Run:
             usage=Usage(prompt_tokens=len(self.prompt), completion_tokens=guard.count),
             stats=self._stats(),
         )
+
+    async def _round(self, drafts: list[int], q: list[SparseDist] | None, left: int) -> Verified:
+        """Send this round's Verify; a plain one also queues the next plain step (lookahead)
+        when the budget leaves room for it, so the engine decodes back to back."""
+        assert self.target is not None
+        await self.target.send_verify(drafts, q)
+        if not drafts and self.spec.plain_lookahead and left >= 3:
+            await self.target.send_verify()
+            self.ahead = True
+        return await self.target.read_verified()
 
     def _plain_stretch(self, control: _Control, room: int, guard: OutputGuard) -> int:
         """How many tokens to decode as one Generate stream (no round trip per token): all of
