@@ -17,7 +17,8 @@ Terms (per request; a *round* is one target forward pass):
 - draft-model set-up: the draft session's prefill of the prompt, estimated as the target's
   prefill time of the same prompt scaled by the ratio of the two GGUF file sizes (prefill is
   compute bound, roughly proportional to parameters); a dropped drafter costs the route's
-  ``draft_timeout_s`` (5 s). Runs recorded before ``draft_failures`` was captured infer a failure
+  ``draft_timeout_s`` (5 s); a request that drafted nothing never opened its drafter (no
+  set-up). Runs recorded before ``draft_failures`` was captured infer a failure
   from a model-mode request that drafted nothing.
 - acceptance: each request's own rounds, drafted and accepted tokens and k = 0 steps.
 
@@ -107,6 +108,10 @@ class Fit:
             failures = 1 if r["drafted"] == 0 else 0
         if failures:
             return failures * DRAFT_TIMEOUT_MS
+        if r["drafted"] == 0 and "draft_failures" in r:
+            # The drafter opens only when a round first wants a draft: a request that never
+            # drafted never paid for its prefill (runs since 2026-11-26 19:00).
+            return 0.0
         return self.prefill_ms[r["prompt"]] * self.draft_size_ratio
 
     def predict_ms(self, r: dict[str, Any], *, draft_cost: bool = True) -> float:
