@@ -21,6 +21,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import numpy as np
 
@@ -176,6 +177,20 @@ class StreamRequest:
     extra: dict[str, object] = field(default_factory=dict)
 
 
+E = TypeVar("E", bound="HttpEngine")
+
+
+async def started(engine: E) -> E:
+    """``engine`` once :meth:`HttpEngine.start` has probed its server (closed if that fails):
+    the body of every adapter's ``connect``."""
+    try:
+        await engine.start()
+    except BaseException:
+        await engine.close()
+        raise
+    return engine
+
+
 class HttpEngine(abc.ABC):
     """Base of the adapters. ``await engine.start()`` probes the server; then it serves."""
 
@@ -204,6 +219,11 @@ class HttpEngine(abc.ABC):
     @property
     def cfg(self) -> AdapterConfig:
         return self._cfg
+
+    @property
+    def _model(self) -> str:
+        """The model's name on the server (the route's model id unless configured)."""
+        return self._cfg.server_model or self._cfg.model_id
 
     @property
     def facts(self) -> AdapterFacts:

@@ -40,6 +40,7 @@ from tightwad.agent.adapters._base import (
     StreamedToken,
     StreamRequest,
     pieces_fingerprint,
+    started,
 )
 from tightwad.agent.engine.core import TokenLogprob
 from tightwad.agent.engine.template import ChatTemplate, Message
@@ -70,13 +71,7 @@ class LlamaServerEngine(HttpEngine):
 
     @classmethod
     async def connect(cls, cfg: AdapterConfig) -> LlamaServerEngine:
-        engine = cls(cfg)
-        try:
-            await engine.start()
-        except BaseException:
-            await engine.close()
-            raise
-        return engine
+        return await started(cls(cfg))
 
     async def start(self) -> None:
         health = await self.http.get_json("/health")

@@ -52,6 +52,7 @@ from tightwad.agent.adapters._base import (
     HttpSession,
     StreamedToken,
     StreamRequest,
+    started,
 )
 from tightwad.agent.adapters._http import HttpClient
 from tightwad.agent.engine.template import ChatTemplate, Message
@@ -100,17 +101,7 @@ class OllamaEngine(HttpEngine):
 
     @classmethod
     async def connect(cls, cfg: AdapterConfig) -> OllamaEngine:
-        engine = cls(cfg)
-        try:
-            await engine.start()
-        except BaseException:
-            await engine.close()
-            raise
-        return engine
-
-    @property
-    def _model(self) -> str:
-        return self.cfg.server_model or self.cfg.model_id
+        return await started(cls(cfg))
 
     # -- probing ------------------------------------------------------------------------
 

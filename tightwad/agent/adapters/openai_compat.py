@@ -33,6 +33,7 @@ from tightwad.agent.adapters._base import (
     StreamedToken,
     StreamRequest,
     pieces_fingerprint,
+    started,
 )
 from tightwad.agent.engine.core import TokenLogprob
 from tightwad.agent.engine.template import Message
@@ -71,17 +72,7 @@ class OpenAICompatEngine(HttpEngine):
 
     @classmethod
     async def connect(cls, cfg: AdapterConfig) -> OpenAICompatEngine:
-        engine = cls(cfg)
-        try:
-            await engine.start()
-        except BaseException:
-            await engine.close()
-            raise
-        return engine
-
-    @property
-    def _model(self) -> str:
-        return self.cfg.server_model or self.cfg.model_id
+        return await started(cls(cfg))
 
     async def start(self) -> None:
         models = await self.http.get_json("/v1/models")
