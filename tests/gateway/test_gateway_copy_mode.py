@@ -44,11 +44,16 @@ async def _run(address: str, prompt: list[int], n: int, **spec: object) -> Gener
 async def test_a_long_match_drafts_a_copy_at_once(fake_address: str) -> None:
     # The prompt already holds 1..60; it ends with 1..12, so the output continues 13, 14, ...
     # and its last 12 tokens match 12 tokens of the prompt: a copy. The first round drafts
-    # copy_start_tokens (16); the second only what the budget of 25 can still use (7).
+    # copy_start_tokens (16 here); the second only what the budget of 25 can still use (7).
     prompt = [*range(1, 61), *range(1, 13)]
-    stats = await _run(fake_address, prompt, 25, draft_mode="ngram", max_draft_tokens=24)
+    stats = await _run(
+        fake_address, prompt, 25, draft_mode="ngram", max_draft_tokens=24, copy_start_tokens=16
+    )
     assert (stats.rounds, stats.drafted, stats.accepted, stats.plain_steps) == (2, 23, 23, 0)
     assert stats.accepted_by_position == (2,) * 7 + (1,) * 9
+    # By default a copy starts as wide as max_draft_tokens allows: one round does it all.
+    stats = await _run(fake_address, prompt, 25, draft_mode="ngram", max_draft_tokens=24)
+    assert (stats.rounds, stats.drafted, stats.accepted, stats.plain_steps) == (1, 24, 24, 0)
 
 
 async def test_short_matches_still_ramp_up(fake_address: str) -> None:

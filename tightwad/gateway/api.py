@@ -127,7 +127,9 @@ def _http_error_response(request: web.Request, exc: web.HTTPException) -> web.Re
             "The request body did not arrive within "
             f"{request.app[GATEWAY].settings.body_timeout_s:g} s."
         )
-        return error_response(408, message, "invalid_request_error", code="request_timeout")
+        response = error_response(408, message, "invalid_request_error", code="request_timeout")
+        response.force_close()  # the rest of the body may still be dribbling in
+        return response
     if exc.status == 413:
         message = f"Request body too large: the limit is {request.app[GATEWAY].max_body} bytes."
         return error_response(413, message, "invalid_request_error", code="request_too_large")
@@ -251,7 +253,7 @@ async def _read_json(request: web.Request) -> dict[str, Any]:
     try:
         raw = await asyncio.wait_for(request.read(), request.app[GATEWAY].settings.body_timeout_s)
     except TimeoutError:
-        # The unread rest of the body makes aiohttp close the connection after this answer.
+        # Answered with 408 and the connection closed (see _http_error_response).
         raise web.HTTPRequestTimeout() from None
     return parse_json_object(raw)
 

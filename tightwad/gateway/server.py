@@ -104,6 +104,9 @@ class GatewayServer:
             handler_cancellation=True,
             access_log=None,
             keepalive_timeout=15.0,
+            # After an early answer (413, 408) aiohttp reads and drops what the client still
+            # sends, for this long (default 10 s), before closing: keep a slow body short.
+            lingering_time=2.0,
             shutdown_timeout=self.drain_timeout_s,
         )
         await runner.setup()
