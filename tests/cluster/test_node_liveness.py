@@ -128,6 +128,8 @@ async def test_stopped_agent_turns_unreachable_and_recovers_killed_one_stays_unr
     os.kill(agent.pid, signal.SIGSTOP)
     took = await _until("UNREACHABLE after SIGSTOP", lambda: _is(c, UNREACHABLE), 10.0)
     assert took <= TIMEOUT_S + 1.0, took  # the timeout, plus a sweep and a poll
+    # ListNodes computes the state from the clock; the event comes with the next sweep.
+    await _until("node_unreachable event", lambda: _unreachable_events(c, 1), 5.0)
     [event] = await c.events("node_unreachable")
     assert f"not heard from for over {TIMEOUT_S:g} s" in event.message, event
     assert event.level == controller_pb2.EVENT_LEVEL_WARNING
