@@ -88,33 +88,26 @@ async def gateway_stack(
     """A target agent (+ a draft agent when ``draft``) and a gateway serving ``routes``."""
     agents: list[AgentServer] = []
     try:
-        tcfg = EngineConfig(
-            model_id="target",
-            path=target,
-            ctx_size=ctx_size,
-            max_sessions=max_sessions,
-            threads=threads,
-        )
-        agent = AgentServer(
-            AgentSettings(listen="127.0.0.1:0", engines=(tcfg,), node_service=False)
-        )
-        await agent.start()
-        agents.append(agent)
-        draft_address = None
-        if draft is not None:
-            dcfg = EngineConfig(
-                model_id="draft",
-                path=draft,
+
+        async def start_agent(model_id: str, path: Path) -> AgentServer:
+            cfg = EngineConfig(
+                model_id=model_id,
+                path=path,
                 ctx_size=ctx_size,
                 max_sessions=max_sessions,
                 threads=threads,
             )
-            dagent = AgentServer(
-                AgentSettings(listen="127.0.0.1:0", engines=(dcfg,), node_service=False)
+            agent = AgentServer(
+                AgentSettings(listen="127.0.0.1:0", engines=(cfg,), node_service=False)
             )
-            await dagent.start()
-            agents.append(dagent)
-            draft_address = dagent.address
+            await agent.start()
+            agents.append(agent)
+            return agent
+
+        agent = await start_agent("target", target)
+        draft_address = None
+        if draft is not None:
+            draft_address = (await start_agent("draft", draft)).address
         async with gateway_for(agent.address, routes, draft_address=draft_address) as url:
             yield GatewayStack(url, agent.address, draft_address, agents)
     finally:
@@ -234,13 +227,7 @@ async def llama_server(
                 await asyncio.sleep(0.25)
         yield url
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc)
         if log_file is not None:
             log_file.close()
 
@@ -290,16 +277,11 @@ async def fake_engine_process(
         finally:
             drain.cancel()
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 5)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc, 5.0)
 
 
-async def _stop(proc: asyncio.subprocess.Process, grace_s: float = 10.0) -> None:
+async def stop_process(proc: asyncio.subprocess.Process, grace_s: float = 10.0) -> None:
+    """SIGTERM, ``grace_s`` to exit, then SIGKILL (a process already gone is fine)."""
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
@@ -367,7 +349,7 @@ async def child_process(
     finally:
         if drain is not None:
             drain.cancel()
-        await _stop(proc)
+        await stop_process(proc)
         if log_file is not None:
             log_file.close()
 

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from benchmarks.machine import machine_facts
 from benchmarks.report import RESULTS, Report
-from benchmarks.stacks import _die_with_parent, _free_port, child_process
+from benchmarks.stacks import _die_with_parent, _free_port, child_process, stop_process
 from tightwad.agent.gguf_facts import ModelFacts
 from tightwad.agent.inventory.domain import Backend, DeviceInfo, Vendor
 from tightwad.agent.processes.probes import ProbeError, tcp_connect
@@ -242,13 +242,7 @@ async def _agents_phase(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
                 cl1 = sum(_read_stat(p)[0] for p in client_pids)
                 window_end = time.time()
         finally:
-            if proc.returncode is None:
-                proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), 10)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+            await stop_process(proc)
             log_file.close()
         samples: list[float] = []
         errors: list[str] = []

@@ -50,6 +50,7 @@ from benchmarks.stacks import (
     engine_host_process,
     gateway_for,
     llama_bin_dir,
+    stop_process,
 )
 from tightwad.agent.processes.probes import ProbeError, rpc_hello
 from tightwad.models import ensure_model
@@ -165,21 +166,9 @@ async def _workers(
                 stderr=asyncio.subprocess.STDOUT,
                 preexec_fn=_die_with_parent,
             )
-            stack.push_async_callback(_terminate, proc)
+            stack.push_async_callback(stop_process, proc)
             await _wait_rpc(host, port)
         yield plans
-
-
-async def _terminate(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
 
 
 @contextlib.asynccontextmanager
