@@ -20,7 +20,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
@@ -47,8 +47,16 @@ def _tokens(text: str) -> list[int]:
 class FakeEngineServicer(engine_pb2_grpc.EngineServiceServicer):
     """Info / Tokenize / Detokenize / Vocabulary / RenderChat / Session, all instant."""
 
-    def __init__(self, model: str = "fake", record: Path | None = None) -> None:
+    def __init__(
+        self,
+        model: str = "fake",
+        record: Path | None = None,
+        verify_ms: Callable[[int], float] | None = None,
+    ) -> None:
         self.model = model
+        # The engine-side verify time each Verify reports, by batch width (drafts + 1), so a
+        # test can give the gateway a cost curve to shape drafts by; None reports 0 (unknown).
+        self.verify_ms = verify_ms
         # With ``record``, each session appends one JSON line: the arrival times (perf_counter
         # seconds) of its Verify commands. Their gaps are whole rounds of whoever drives the
         # session, since answering takes this engine no time.
@@ -138,7 +146,10 @@ class FakeEngineServicer(engine_pb2_grpc.EngineServiceServicer):
                 yield engine_pb2.SessionResponse(
                     seq=seq,
                     verified=engine_pb2.VerifyResultEvent(
-                        accepted=len(drafts), next_token_id=last, n_tokens=n
+                        accepted=len(drafts),
+                        next_token_id=last,
+                        n_tokens=n,
+                        verify_ms=self.verify_ms(len(drafts) + 1) if self.verify_ms else 0.0,
                     ),
                 )
             elif kind == "draft":
@@ -177,10 +188,14 @@ class FakeEngineServicer(engine_pb2_grpc.EngineServiceServicer):
                 return
 
 
-def registration(model: str = "fake", record: Path | None = None) -> ServiceRegistration:
+def registration(
+    model: str = "fake",
+    record: Path | None = None,
+    verify_ms: Callable[[int], float] | None = None,
+) -> ServiceRegistration:
     return ServiceRegistration(
         name=engine_pb2.DESCRIPTOR.services_by_name["EngineService"].full_name,
-        servicer=FakeEngineServicer(model, record),
+        servicer=FakeEngineServicer(model, record, verify_ms),
         add=engine_pb2_grpc.add_EngineServiceServicer_to_server,
     )
 

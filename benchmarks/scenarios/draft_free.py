@@ -31,7 +31,7 @@ BASELINE = "target-alone"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_arguments(p)
     p.add_argument("--model", default="qwen2.5-coder-1.5b", help="model name of tightwad.models")
-    p.add_argument("--max-draft", type=int, default=16, help="gateway max draft tokens")
+    p.add_argument("--max-draft", type=int, default=64, help="gateway max draft tokens")
     p.add_argument(
         "--llama-spec",
         default="--spec-type ngram-simple",

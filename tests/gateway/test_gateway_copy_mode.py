@@ -70,3 +70,40 @@ async def test_copy_mode_can_be_turned_off(fake_address: str) -> None:
         fake_address, prompt, 25, draft_mode="ngram", max_draft_tokens=24, copy_min_match=64
     )
     assert stats.plain_steps >= 1 and stats.rounds != 1
+
+
+def _tiled_ms(width: int) -> float:
+    """A CPU-like curve: full tiles of 16 cost 8 ms a token, anything else 12 ms a token."""
+    return 8.0 * width if width % 16 == 0 else 12.0 * width
+
+
+async def test_copies_are_cut_to_the_cheapest_measured_width() -> None:
+    server = GrpcServer([registration(verify_ms=_tiled_ms)], address="127.0.0.1:0")
+    await server.start()
+    try:
+        prompt = [*range(1, 201), *range(1, 13)]
+        backend = SpecBackend(
+            RouteSpec(
+                name="r",
+                target=EngineClient(server.bound_address, "fake"),
+                draft_mode="ngram",
+                max_draft_tokens=60,
+            )
+        )
+        await backend.start()
+        # Calibration measured every width up to max_draft + 1 ...
+        assert backend.costs.widths == (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48)
+        req = GenerationRequest(model="r", prompt_tokens=tuple(prompt), max_tokens=101)
+        stats = None
+        async for ev in backend.generate(req):
+            if isinstance(ev, Finished):
+                stats = ev.stats
+        await backend.spec.target.close()
+    finally:
+        await server.stop(0)
+    assert stats is not None
+    # ... so a 60-token copy sends 47 drafts (48 wide, the cheapest tile per token); the next
+    # copy is limited by the budget (53 tokens left) and goes whole: no split into measured
+    # widths is cheaper (48 + 5 plain steps), and it saves round trips.
+    assert (stats.rounds, stats.drafted, stats.accepted, stats.plain_steps) == (2, 99, 99, 0)
+    assert stats.accepted_by_position == (2,) * 47 + (1,) * 5

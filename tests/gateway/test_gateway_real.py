@@ -85,8 +85,10 @@ async def _start(smollm_path: Path, *, mode: str, draft_in_own_agent: bool = Tru
             drafters=drafters if mode in ("model", "hybrid") else (),
             draft_timeout_s=2.0,
             # These tests check that drafting is lossless: always draft (a self-draft of the
-            # same size never pays, so the goodput control would rightly turn it off).
+            # same size never pays, so the goodput control would rightly turn it off), 16
+            # tokens a round, so a stream has several rounds.
             adaptive=mode != "model",
+            max_draft_tokens=16,
         ),
         RouteSpec(name="plain", target=EngineClient(agent.address, "smollm"), draft_mode="none"),
     ]

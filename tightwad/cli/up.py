@@ -42,7 +42,7 @@ class UpOptions:
     api_key: str | None = None
     config: str | None = None
     pipeline: bool = False
-    max_draft_tokens: int = 32
+    max_draft_tokens: int = 64
 
 
 def add_up_arguments(p: argparse.ArgumentParser) -> None:
@@ -59,7 +59,7 @@ def add_up_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads per engine (0 = all)")
     p.add_argument("--ctx-size", type=int, default=4096, help="context per request")
     p.add_argument("--max-sessions", type=int, default=8, help="concurrent requests per model")
-    p.add_argument("--max-draft-tokens", type=int, default=32)
+    p.add_argument("--max-draft-tokens", type=int, default=64)
     p.add_argument("--pipeline", action="store_true", help="draft round n+1 during verify n")
     p.add_argument("--api-key", default=os.environ.get("TIGHTWAD_API_KEY") or None)
     p.add_argument("-c", "--config", help="cluster YAML (gateway settings are taken from it)")

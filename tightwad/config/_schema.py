@@ -374,7 +374,7 @@ class Route:
     target: RouteTarget
     draft: DraftMode = "none"
     drafters: tuple[RouteTarget, ...] = ()
-    max_draft_tokens: int = 16
+    max_draft_tokens: int = 64
     fallback_on_draft_failure: bool = True
     max_concurrency: int | None = None
     queue_size: int | None = None

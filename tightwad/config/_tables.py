@@ -270,7 +270,7 @@ def route_table(models: Collection[str]) -> dict[str, Field]:
         "draft": Field(choice({m: m for m in DRAFT_MODES})),
         "draft_model": Field(ref),
         "drafters": Field(list_of(ref), ()),
-        "max_draft_tokens": Field(integer(1, 256), 16),
+        "max_draft_tokens": Field(integer(1, 256), 64),
         "fallback_on_draft_failure": Field(boolean, True),
         "max_concurrency": Field(integer(1)),
         "queue_size": Field(integer(0)),

@@ -58,6 +58,7 @@ from tightwad.spec.draft_control import DraftControlConfig, DraftLengthControlle
 from tightwad.spec.proposers import NGramProposer, PredictionProposer
 from tightwad.spec.sampling import SamplingConfig, SparseDist
 from tightwad.spec.stops import OutputGuard
+from tightwad.spec.verify_cost import CALIBRATION_WIDTHS, VerifyCosts
 
 __all__ = ["DraftMode", "RouteSpec", "SpecBackend"]
 
@@ -78,7 +79,7 @@ class RouteSpec:
     drafters: tuple[EngineClient, ...] = ()
     # Text-only drafters (Ollama): their text is tokenized by the target (text_draft.py).
     text_drafters: tuple[TextDrafter, ...] = ()
-    max_draft_tokens: int = 32
+    max_draft_tokens: int = 64
     pipeline: bool = False
     hybrid_min_match: int = 3
     ngram_max_n: int = 12
@@ -86,9 +87,10 @@ class RouteSpec:
     # copy_start_tokens at once (capped by max_draft_tokens), doubling while copies are
     # accepted whole, instead of ramping up from the controller's k (llama.cpp's ngram-simple:
     # a 12-token match drafts 48). On a CPU a wide verify costs less per token than a narrow
-    # one (49 tokens: 19 plain steps; 17 tokens: 9), so a copy should start wide.
+    # one, so a copy starts wide, cut to the width the route measured as cheapest per token
+    # (VerifyCosts: on the 2-core test machine 64 tokens cost 13.8 ms each, 49 cost 15.7).
     copy_min_match: int = 12
-    copy_start_tokens: int = 48
+    copy_start_tokens: int = 64
     # Predicted outputs start narrower: an edit inside the prediction is met early, and a
     # wide draft that breaks there wastes its whole verify (draft-free runs of 2026-11-26:
     # 1.55-1.60x the target alone starting at 48, 1.67-1.71x starting at 16).
@@ -206,6 +208,9 @@ class SpecBackend:
         # costs and how often it is accepted is learned once, and the probing schedule carries
         # over, so a short request does not pay to re-discover that drafting loses.
         self._controllers: dict[str, DraftLengthController] = {}
+        # What a Verify costs per batch width on the target (calibrated at start, then kept
+        # current by every round); empty = not measured, drafts are sent as proposed.
+        self.costs = VerifyCosts()
         self._ready = False
         self._error = ""
 
@@ -235,12 +240,7 @@ class SpecBackend:
                 )
         self._info = info
         self._pieces = pieces
-        if (
-            self.spec.draft_mode == "model"
-            and self.spec.adaptive
-            and self.spec.calibrate
-            and self._drafters
-        ):
+        if self.spec.draft_mode != "none" and self.spec.adaptive and self.spec.calibrate:
             await self._calibrate()
         self._ready = True
         log.info(
@@ -252,46 +252,85 @@ class SpecBackend:
         )
 
     async def _calibrate(self) -> None:
-        """Seed the route's model-drafting controller with measured costs: a plain step, the
-        extra cost per token of a wide verify, and a draft step. Where even near-perfect
-        acceptance could not pay (e.g. a CPU, where verifying 8 tokens costs several plain
-        steps), requests then start plain and never pay for the drafter's prefill; the rare
-        probe re-measures. A drafter that fails here is only logged."""
-        k = max(1, min(8, self.spec.max_draft_tokens, self.spec.control.k_max))
+        """Measure what the target's Verify costs at a few batch widths (the route's
+        :class:`VerifyCosts`: copy drafts are cut to the cheapest width per token), and for a
+        draft model what a draft step costs, to seed the route's model-drafting controller.
+        Where even near-perfect acceptance could not pay (e.g. a CPU, where verifying 8 tokens
+        costs several plain steps), model-drafting requests then start plain and never pay for
+        the drafter's prefill; the rare probe re-measures. A failure here is only logged: the
+        route then drafts at the lengths it is asked to."""
         text = "def fibonacci(n):\n    if n < 2:\n        return n\n" * 4
-        tokens = await self.spec.target.tokenize(text, add_special=True, parse_special=False)
+        try:
+            tokens = await self.spec.target.tokenize(text, add_special=True, parse_special=False)
+        except (TightwadError, TimeoutError) as exc:
+            log.warning("route_calibration_failed", route=self.spec.name, reason=str(exc))
+            return
         target = self.spec.target.session(timeout_s=self.spec.target_timeout_s)
-        draft = self._drafters[0].client.session(timeout_s=self.spec.target_timeout_s)
+        model = self.spec.draft_mode == "model" and bool(self._drafters)
+        draft = (
+            self._drafters[0].client.session(timeout_s=self.spec.target_timeout_s)
+            if model
+            else None
+        )
+        per_draft: float | None = None
+        costs = VerifyCosts()
+        t_plain = 0.0
         try:
             await target.open(tokens, SamplingConfig())
+            used = len(tokens)
             steps = []
             for _ in range(3):
                 t0 = time.perf_counter()
-                await target.verify([])
+                res = await target.verify([])
                 steps.append(time.perf_counter() - t0)
+                costs.observe(1, res.verify_ms / 1000.0)
+                used += 1
             t_plain = sorted(steps)[1]
-            t0 = time.perf_counter()
-            await target.verify(tokens[1 : k + 1])
-            verify_extra = max(0.0, time.perf_counter() - t0 - t_plain) / k
-            await draft.open(tokens, SamplingConfig())
-            t0 = time.perf_counter()
-            prop = await draft.draft(k, keep=len(tokens))
-            per_draft = (time.perf_counter() - t0) / max(1, len(prop.tokens))
+            room = self._info.n_ctx if self._info is not None else 0
+            # A junk draft (one repeated token) is rejected at once: the session grows by one
+            # token per Verify, whatever its width.
+            junk = tokens[1]
+            for width in CALIBRATION_WIDTHS[1:]:
+                if width - 1 > self.spec.max_draft_tokens or used + width >= room:
+                    break
+                res = await target.verify([junk] * (width - 1))
+                costs.observe(width, res.verify_ms / 1000.0)
+                used += 1 + res.accepted
+            if draft is not None:
+                await draft.open(tokens, SamplingConfig())
+                t0 = time.perf_counter()
+                prop = await draft.draft(8, keep=len(tokens))
+                per_draft = (time.perf_counter() - t0) / max(1, len(prop.tokens))
         except (TightwadError, TimeoutError) as exc:
             log.warning("route_calibration_failed", route=self.spec.name, reason=str(exc))
             return
         finally:
             for sess in (draft, target):
+                if sess is None:
+                    continue
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(sess.close(), 5.0)
+        self.costs = costs
+        log.info(
+            "route_calibrated",
+            route=self.spec.name,
+            plain_ms=round(t_plain * 1000.0, 2),
+            verify_ms_by_width={w: round(v * 1000.0, 1) for w, v in costs.measured().items()},
+            copy_drafts=costs.copy_drafts(self.spec.max_draft_tokens),
+        )
+        if per_draft is None:
+            return
+        # The extra cost per drafted token of a model round at the controller's usual widths.
+        k = max(1, min(8, self.spec.max_draft_tokens, self.spec.control.k_max))
+        wide = costs.seconds(k + 1) or 0.0
+        verify_extra = max(0.0, wide - (costs.seconds(1) or 0.0)) / k
         # Pipelined drafting hides the draft step behind the verify of the round before.
         per_token = verify_extra if self.spec.pipeline else verify_extra + per_draft
         shared = self.controller_for("model")
         shared.seed(t_plain, per_token)
         log.info(
-            "route_calibrated",
+            "route_calibrated_model",
             route=self.spec.name,
-            plain_ms=round(t_plain * 1000.0, 2),
             verify_extra_ms_per_token=round(verify_extra * 1000.0, 2),
             draft_ms_per_token=round(per_draft * 1000.0, 2),
             drafting="off: cannot pay on this hardware" if shared.hopeless() else "on",
@@ -403,6 +442,8 @@ class _Run:
         self.draft_valid = 0
         # Whether this round's drafts are in the draft session (model or pipelined drafts).
         self.from_model = False
+        # Whether _propose cut this round's draft to a cheaper verify width.
+        self.shaped = False
         self.prefill_ms = 0.0
         self.cached = 0
         self.done = False
@@ -479,7 +520,10 @@ class _Run:
                 if not drafts:
                     self.from_model = False
                     if k > 0 or self.ngram is not None:
+                        self.shaped = False
                         drafts, q, copy = await self._propose(k, left - 1)
+                        if self.shaped:
+                            k = len(drafts)
                 drafts, q = drafts[: max(0, left - 1)], (q[: max(0, left - 1)] if q else None)
                 t_draft = time.perf_counter() - t0
                 self._start_pipeline(drafts)
@@ -488,6 +532,8 @@ class _Run:
             self.c.draft_ms += t_draft * 1000.0
             self.c.verify_ms += res.verify_ms
             self.c.record_round(len(drafts), res.accepted)
+            if self.b.costs:
+                self.b.costs.observe(len(drafts) + 1, res.verify_ms / 1000.0)
             if drafts:
                 control.record(k, len(drafts), res.accepted, elapsed, t_draft)
             else:
@@ -722,7 +768,7 @@ class _Run:
         if self.prediction is not None and k > 0:
             got = self.prediction.propose(self.output, k)
             if got:
-                return got, None, False
+                return self._shape(got, room), None, False
         if self.ngram is not None:
             k_copy = min(max(k, self.spec.copy_start_tokens), self.spec.max_draft_tokens, room)
             match = self.ngram.lookup(None, max(k, k_copy))
@@ -730,7 +776,7 @@ class _Run:
                 match.match_length >= self.spec.copy_min_match
                 and len(self.output) >= self.copy_off_until
             ):
-                return list(match.tokens), None, True
+                return self._shape(list(match.tokens), room), None, True
             long_enough = self.spec.draft_mode == "ngram" or (
                 match.match_length >= self.spec.hybrid_min_match
             )
@@ -751,6 +797,14 @@ class _Run:
             self.from_model = bool(drafts)
             return drafts, q, False
         return [], None, False
+
+    def _shape(self, drafts: list[int], room: int) -> list[int]:
+        """Cut a copy (or prediction) draft to the width the route measured as cheapest per
+        token; where the request's budget limits the draft, to the cheapest way to its end.
+        Sets ``shaped`` so the copy run counts the cut draft as whole."""
+        n = self.b.costs.copy_drafts(len(drafts), budget_limited=len(drafts) >= room)
+        self.shaped = n != len(drafts)
+        return drafts[:n]
 
     async def _model_draft(
         self, k: int, *, keep: int, append: Sequence[int] = ()
