@@ -100,6 +100,21 @@ def test_prediction_follows_the_output() -> None:
     assert prop.aligned
 
 
+def test_prediction_run_counts_the_tokens_that_followed_it() -> None:
+    prop = PredictionProposer(PRED)
+    prop.propose([100, 101, 102], 1)
+    assert prop.run == 3
+    out = [100, 101, 102, 7, 8, 9]  # inserted 7 8 9: lost, no run
+    prop.propose(out, 1)
+    assert prop.run == 0
+    prop.propose([*out, 103, 104], 1)  # back on track: one token re-aligned, then one more
+    assert prop.run == 2
+    prop.propose([*out, 103, 104, 105, 106], 1)
+    assert prop.run == 4
+    prop.propose([100, 101, 55, 103], 1)  # rewound and replaced: the match is "103" only
+    assert prop.run == 1
+
+
 def test_prediction_realigns_after_an_insertion() -> None:
     prop = PredictionProposer(PRED)
     out = [100, 101, 102, 7, 8, 9]  # inserted 7 8 9

@@ -765,17 +765,18 @@ class _Run:
 
     async def _propose(self, k: int, room: int) -> tuple[list[int], list[SparseDist] | None, bool]:
         """Drafts for this round (k = 0: only a copy), their q, and whether it is a copy."""
-        if self.prediction is not None and k > 0:
-            got = self.prediction.propose(self.output, k)
-            if got:
-                return self._shape(got, room), None, False
+        copy_ok = len(self.output) >= self.copy_off_until
+        k_copy = min(max(k, self.spec.copy_start_tokens), self.spec.max_draft_tokens, room)
+        if self.prediction is not None:
+            # The output has followed the prediction for a while: copy it as wide as a copy.
+            pred = self.prediction
+            copying = copy_ok and pred.run >= self.spec.copy_min_match
+            got = pred.propose(self.output, k_copy if copying else k)
+            if got and (copying or k > 0):
+                return self._shape(got, room), None, copying
         if self.ngram is not None:
-            k_copy = min(max(k, self.spec.copy_start_tokens), self.spec.max_draft_tokens, room)
             match = self.ngram.lookup(None, max(k, k_copy))
-            if (
-                match.match_length >= self.spec.copy_min_match
-                and len(self.output) >= self.copy_off_until
-            ):
+            if match.match_length >= self.spec.copy_min_match and copy_ok:
                 return self._shape(list(match.tokens), room), None, True
             long_enough = self.spec.draft_mode == "ngram" or (
                 match.match_length >= self.spec.hybrid_min_match

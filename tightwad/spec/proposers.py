@@ -147,6 +147,13 @@ class PredictionProposer:
         self._output: list[int] = []
         self._pos: int | None = 0
         self._anchor = 0
+        self._run = 0
+
+    @property
+    def run(self) -> int:
+        """How many of the output's last tokens follow the prediction where it is aligned now
+        (a long run means the output is copying the prediction)."""
+        return self._run if self._pos is not None else 0
 
     @property
     def aligned(self) -> bool:
@@ -168,7 +175,7 @@ class PredictionProposer:
     def _sync(self, output: Sequence[int]) -> None:
         seen = len(self._output)
         if len(output) < seen or list(output[:seen]) != self._output:
-            self._output, self._pos, self._anchor = [], 0, 0
+            self._output, self._pos, self._anchor, self._run = [], 0, 0, 0
             seen = 0
         for token in output[seen:]:
             self._advance(int(token))
@@ -178,10 +185,12 @@ class PredictionProposer:
         pos = self._pos
         if pos is not None and pos < len(self.prediction) and self.prediction[pos] == token:
             self._pos = pos + 1
+            self._run += 1
             return
         if pos is not None:
             self._anchor = pos
         self._pos = self._realign()
+        self._run = 0 if self._pos is None else self._backward_match(self._pos - 1)
 
     def _realign(self) -> int | None:
         """Position after the best match of the output's suffix in the prediction, or None."""
