@@ -336,6 +336,14 @@ class LlamaModel:
             raise UnavailableError(f"no logits for row {index}")
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
 
+    def argmax_row(self, index: int) -> int:
+        """The argmax of output row ``index``'s logits, read in place (no copy)."""
+        ll = _lib()
+        ptr = ll.llama_get_logits_ith(self._ctx, index - self._last_offset)  # type: ignore[attr-defined]
+        if not ptr:
+            raise UnavailableError(f"no logits for row {index}")
+        return int(np.argmax(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))))
+
     # -- KV cache -----------------------------------------------------------------------
 
     def seq_rm(self, seq_id: int, p0: int, p1: int = -1) -> None:

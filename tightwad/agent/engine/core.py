@@ -20,6 +20,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -620,7 +621,8 @@ class Session:
 
         def argmax_at(i: int) -> int:
             if self._plain:
-                return int(np.argmax(row(i)))
+                # Greedy without penalties: the argmax of llama.cpp's own buffer, no copy.
+                return int(np.argmax(rows[i])) if i in rows else m.argmax_row(i)
             return dist_at(i).argmax()
 
         outcome: Outcome = verify(draft, q, dist_at, argmax_at, self.sampling.greedy, self.rng)
@@ -645,19 +647,60 @@ class Session:
     async def generate(
         self, n: int, stop_tokens: Sequence[int] = (), *, ignore_eos: bool = False
     ) -> AsyncIterator[tuple[int, TokenLogprob | None, str | None]]:
-        """Plain decoding: yields (token, logprob, stop reason or None) up to ``n`` tokens."""
+        """Plain decoding: yields (token, logprob, stop reason or None) up to ``n`` tokens.
+
+        The next step is queued on the compute thread before a token is yielded, so the model
+        decodes back to back while the caller streams. A step decoded for a caller that stops
+        iterating early is rolled back (queued behind it on the same thread)."""
+        self._check_open()
         stops = set(stop_tokens) | (set() if ignore_eos else set(self._e.eog))
-        for i in range(n):
-            if self.room <= 0:
-                yield -1, None, "context_full"
-                return
-            res = await self.verify([])
-            lp = res.logprobs[0] if res.logprobs else None
-            if res.next_token in stops:
-                eog = res.next_token in self._e.eog
-                yield res.next_token, lp, "eog" if eog else "token"
-                return
-            yield res.next_token, lp, "length" if i == n - 1 else None
+        loop = asyncio.get_running_loop()
+
+        def step() -> asyncio.Future[VerifyResult]:
+            if self._e._closed:
+                raise UnavailableError(f"engine {self._e.cfg.model_id} is closed")
+            return loop.run_in_executor(self._e._exec, lambda: self._verify_sync([], None))
+
+        ahead: asyncio.Future[VerifyResult] | None = None
+        ahead_len = 0  # the session's length once the queued step has run
+        done = False
+        try:
+            for i in range(n):
+                if self.room <= 0:
+                    done = True
+                    yield -1, None, "context_full"
+                    return
+                fut, ahead = ahead or step(), None
+                res = await fut
+                lp = res.logprobs[0] if res.logprobs else None
+                if res.next_token in stops:
+                    done = True
+                    eog = res.next_token in self._e.eog
+                    yield res.next_token, lp, "eog" if eog else "token"
+                    return
+                last = i == n - 1
+                if not last and self.room > 0:
+                    ahead, ahead_len = step(), len(self.tokens) + 1
+                done = last
+                yield res.next_token, lp, "length" if last else None
+        finally:
+            if ahead is not None and not done:
+                # The caller will not take the queued step: undo it on the same thread, after it.
+                ahead.add_done_callback(lambda f: f.cancelled() or f.exception())
+                with contextlib.suppress(RuntimeError):  # the engine's thread is gone
+                    self._e._exec.submit(self._undo_step, ahead_len)
+
+    def _undo_step(self, expected: int) -> None:
+        """Drop the last plain step (if the session grew to ``expected`` tokens with it)."""
+        if self.closed or len(self.tokens) != expected:
+            return
+        keep = expected - 1
+        self.tokens = self.tokens[:keep]
+        self._slot.kv_tokens = self._slot.kv_tokens[: keep - 1]
+        self._slot.exact = min(self._slot.exact, keep - 1)
+        if self.n_kv > keep - 1:
+            self._m.seq_rm(self.seq, keep - 1, -1)
+            self.n_kv = keep - 1
 
     async def rewind(self, keep: int) -> int:
         self._check_open()
