@@ -237,3 +237,45 @@ def test_plain_steps_ahead_never_promises_a_drafted_round(
             assert ctl.next_k() == 0
             ctl.record_plain(T_PLAIN)
         run_round(ctl, acceptance, per_token)
+
+
+# Verify seconds by width measured on the 2-core test machine (Qwen2.5-Coder-1.5B), and a
+# GPU-like curve (a wider verify costs almost nothing more).
+_CPU = {1: 0.0392, 2: 0.0675, 3: 0.0843, 4: 0.1037, 6: 0.1484, 8: 0.2329, 12: 0.3048,
+        16: 0.3081}  # fmt: skip
+
+
+def _costs(table: dict[int, float]):  # type: ignore[no-untyped-def]
+    from tightwad.spec.verify_cost import VerifyCosts
+
+    return VerifyCosts(table).seconds
+
+
+def test_measured_verify_costs_turn_short_drafts_off_where_they_cannot_pay() -> None:
+    # On the CPU a 2-wide verify costs 1.7 plain steps: at the prior acceptance (0.5) no short
+    # draft pays, so the controller starts plain; the linear model alone would draft.
+    ctl = DraftLengthController(DraftControlConfig(start_k=4), plain_step_seconds=0.040)
+    ctl.seed(None, 0.001)
+    assert ctl.next_k() == 4
+    ctl.use_verify_costs(_costs(_CPU))
+    assert ctl.next_k() == 0
+    assert not ctl.hopeless()  # a 16-wide round at 95% acceptance would pay
+    # A drafter costing 20 ms a token on top makes it hopeless.
+    slow = DraftLengthController(DraftControlConfig(), plain_step_seconds=0.040)
+    slow.use_verify_costs(_costs(_CPU), draft_per_token=0.020)
+    assert slow.hopeless() and slow.next_k() == 0
+
+
+def test_measured_verify_costs_pick_cheap_widths_when_acceptance_is_high() -> None:
+    gpu = {w: 0.010 + 0.0002 * w for w in (1, 2, 4, 8, 16)}
+    ctl = DraftLengthController(
+        DraftControlConfig(start_k=4, k_max=15, max_growth=16), plain_step_seconds=0.010
+    )
+    ctl.use_verify_costs(_costs(gpu))
+    for _ in range(6):
+        k = ctl.next_k()
+        ctl.record(k, k, k, 0.010 + 0.0002 * (k + 1), draft_seconds=0.0)
+    assert ctl.next_k() == 15
+    # Drafting time reported per round is learned as a per-token cost.
+    ctl.record(15, 15, 15, 0.2, draft_seconds=0.15)
+    assert ctl.draft_per_token > 0.0

@@ -328,6 +328,9 @@ class SpecBackend:
         per_token = verify_extra if self.spec.pipeline else verify_extra + per_draft
         shared = self.controller_for("model")
         shared.seed(t_plain, per_token)
+        shared.use_verify_costs(
+            costs.seconds, draft_per_token=0.0 if self.spec.pipeline else per_draft
+        )
         log.info(
             "route_calibrated_model",
             route=self.spec.name,
@@ -392,7 +395,10 @@ class SpecBackend:
 
     def controller_for(self, proposer: str) -> DraftLengthController:
         if proposer not in self._controllers:
-            self._controllers[proposer] = DraftLengthController(self.spec.control)
+            ctl = DraftLengthController(self.spec.control)
+            if self.costs:
+                ctl.use_verify_costs(self.costs.seconds)
+            self._controllers[proposer] = ctl
         return self._controllers[proposer]
 
     def _pick_drafter(self) -> _DrafterHealth | None:
@@ -657,6 +663,8 @@ class _Run:
             shared.per_token_cost,
             acceptance=shared.acceptance if carry else None,
         )
+        if self.b.costs:
+            own.use_verify_costs(self.b.costs.seconds, draft_per_token=shared.draft_per_token)
         return _Control(own, shared)
 
     async def _target_call(self, coro: Awaitable[T]) -> T:

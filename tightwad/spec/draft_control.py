@@ -26,6 +26,7 @@ Guarantee: deterministic (same inputs, same decisions); never returns k outside 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["DraftControlConfig", "DraftLengthController"]
@@ -82,6 +83,11 @@ class DraftLengthController:
         self.config = config or DraftControlConfig()
         self._t_plain = plain_step_seconds
         self._per_token_cost: float | None = None
+        # With a measured verify cost per batch width (VerifyCosts.seconds), a round of k costs
+        # t_plain + (verify(k + 1) - verify(1)) + draft_per_token * k instead of the linear
+        # t_plain + c * k: on a CPU the curve has steps (16 tokens cost less than 15).
+        self._verify_seconds: Callable[[int], float | None] | None = None
+        self._draft_per_token = 0.0
         self._accepted_w = 0.0
         self._rejected_w = 0.0
         self._k = self.config.start_k
@@ -113,10 +119,43 @@ class DraftLengthController:
             _require(weight > 0.0, "weight", "must be > 0")
             self._accepted_w = acceptance * weight
             self._rejected_w = (1.0 - acceptance) * weight
-            if self._t_plain is not None and self._per_token_cost is not None:
+            if self._round_cost(1) is not None:
                 self._k = self._choose()
         if self.hopeless():
             self._k = 0
+
+    def use_verify_costs(
+        self, verify_seconds: Callable[[int], float | None], *, draft_per_token: float = 0.0
+    ) -> None:
+        """Predict a round's cost from measured verify seconds by width (plus
+        ``draft_per_token`` seconds per drafted token, learned further from rounds)."""
+        _require(draft_per_token >= 0.0, "draft_per_token", "must be >= 0")
+        self._verify_seconds = verify_seconds
+        self._draft_per_token = draft_per_token
+        if self._t_plain is not None:
+            self._k = self._choose()
+        if self.hopeless():
+            self._k = 0
+
+    @property
+    def draft_per_token(self) -> float:
+        """Estimated drafting seconds per drafted token (with :meth:`use_verify_costs`)."""
+        return self._draft_per_token
+
+    def _round_cost(self, k: int) -> float | None:
+        """Predicted seconds of a round drafting k tokens (None while unknown)."""
+        t = self._t_plain
+        if t is None:
+            return None
+        if k == 0:
+            return t
+        if self._verify_seconds is not None:
+            wide, one = self._verify_seconds(k + 1), self._verify_seconds(1)
+            if wide is not None and one is not None:
+                return t + max(0.0, wide - one) + self._draft_per_token * k
+        if self._per_token_cost is None:
+            return None
+        return t + self._per_token_cost * k
 
     # --- estimates -------------------------------------------------------------------------
 
@@ -146,23 +185,24 @@ class DraftLengthController:
 
     def predicted_goodput(self, k: int) -> float | None:
         """Predicted emitted tokens per second with draft length k (k = 0: plain decoding)."""
-        if self._t_plain is None or (k > 0 and self._per_token_cost is None):
-            return None
-        cost = self._per_token_cost or 0.0
-        return expected_emitted(self.acceptance, k) / (self._t_plain + cost * k)
+        cost = self._round_cost(k)
+        return None if cost is None else expected_emitted(self.acceptance, k) / cost
 
     def hopeless(self) -> bool:
         """Drafting could not beat plain decoding at any k, even if the target accepted
         ``hopeless_acceptance`` of the drafted tokens (False while the costs are unknown)."""
         cfg = self.config
-        if self._t_plain is None or self._per_token_cost is None:
+        t = self._t_plain
+        if t is None:
             return False
-        t, c = self._t_plain, self._per_token_cost
         plain = (1.0 + cfg.min_gain) / t
-        return all(
-            expected_emitted(cfg.hopeless_acceptance, k) / (t + c * k) <= plain
-            for k in range(cfg.k_min, cfg.k_max + 1)
-        )
+        for k in range(cfg.k_min, cfg.k_max + 1):
+            cost = self._round_cost(k)
+            if cost is None:
+                return False
+            if expected_emitted(cfg.hopeless_acceptance, k) / cost > plain:
+                return False
+        return True
 
     def _probe_interval(self) -> int:
         return self.config.max_probe_every if self.hopeless() else self._probe_every
@@ -192,7 +232,7 @@ class DraftLengthController:
         self._t_plain = self._ewma(self._t_plain, step_seconds)
         if self._k == 0:
             self._plain_streak += 1
-        elif self._per_token_cost is not None:
+        elif self._round_cost(1) is not None:
             self._k = self._choose()
 
     def record(
@@ -206,15 +246,17 @@ class DraftLengthController:
         """A round asked for k tokens, got ``drafted``, of which the target accepted ``accepted``.
 
         ``round_seconds`` is the round's wall time (draft + verify; with pipelined drafting,
-        the time the request waited); ``draft_seconds`` is informational, the estimate uses the
-        round's total.
+        the time the request waited); ``draft_seconds`` (the drafting part) is used only with
+        :meth:`use_verify_costs`, which predicts the verify part from the measured widths.
         """
         _require(0 <= accepted <= drafted, "accepted", "need 0 <= accepted <= drafted")
         _require(round_seconds > 0.0, "round_seconds", "must be > 0")
-        del k, draft_seconds
+        del k
         if drafted == 0:
             self.record_plain(round_seconds)
             return
+        if self._verify_seconds is not None and draft_seconds is not None:
+            self._draft_per_token = self._ewma(self._draft_per_token, draft_seconds / drafted)
         self._observe_round(drafted, accepted, round_seconds)
         was_probe, self._probing = self._probing, False
         self._k = self._choose()
