@@ -91,8 +91,11 @@ async def test_copies_are_cut_to_the_cheapest_measured_width() -> None:
             )
         )
         await backend.start()
-        # Calibration measured every width up to max_draft + 1 ...
+        # Calibration measured every width up to max_draft + 1, and the status page says so ...
         assert backend.costs.widths == (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48)
+        details = backend.info().details
+        assert details["verify_ms_by_width"]["48"] == 384.0
+        assert details["copy_drafts"] == 47
         req = GenerationRequest(model="r", prompt_tokens=tuple(prompt), max_tokens=101)
         stats = None
         async for ev in backend.generate(req):

@@ -378,6 +378,12 @@ class SpecBackend:
                 ],
                 "error": self._error,
                 "drafting": self._drafting_state(),
+                # What a Verify of each batch width costs on the target (calibrated, then
+                # kept current), and how many tokens a copy therefore drafts at most.
+                "verify_ms_by_width": {
+                    str(w): round(v * 1000.0, 2) for w, v in self.costs.measured().items()
+                },
+                "copy_drafts": self.costs.copy_drafts(self.spec.max_draft_tokens),
             },
         )
 
@@ -444,6 +450,9 @@ class _Run:
         self.copy_pause = 16
         # A plain Verify queued on the target whose result the next round takes.
         self.ahead = False
+        # Whether the next round is certainly plain (nothing to draft after the last token):
+        # taking a queued plain step then queues the one after it at once.
+        self.chain = False
         # Leading tokens of the draft session known to equal prompt + output.
         self.draft_valid = 0
         # Whether this round's drafts are in the draft session (model or pipelined drafts).
@@ -511,6 +520,11 @@ class _Run:
             if self.ahead:  # the plain step queued last round
                 self.ahead = False
                 res = await self._target_call(self.target.read_verified())
+                if self.chain and left >= 3:
+                    # Still nothing to draft: queue the next plain step before this token is
+                    # processed, so the engine decodes back to back through plain stretches.
+                    await self.target.send_verify()
+                    self.ahead = True
             else:
                 stretch = 0 if drafts else self._plain_stretch(control, room, guard)
                 if stretch > 1:
@@ -565,6 +579,7 @@ class _Run:
             if guard.finished:
                 break
             drafts, q = await self._after_round(drafts, res, before)
+            self.chain = not drafts and self._stays_plain(control)
         tail = guard.finish()
         if tail:
             yield TextDelta(text=tail)
@@ -584,6 +599,23 @@ class _Run:
             await self.target.send_verify()
             self.ahead = True
         return await self.target.read_verified()
+
+    def _stays_plain(self, control: _Control) -> bool:
+        """Whether the next round would be a plain step: the controller says k = 0 and no
+        copy (a long n-gram match, an output following the prediction) is waiting."""
+        if not self.spec.plain_lookahead or control.next_k() > 0:
+            return False
+        if len(self.output) < self.copy_off_until:
+            return True
+        if self.prediction is not None:
+            self.prediction.propose(self.output, 0)  # catch up with the output
+            if self.prediction.run >= self.spec.copy_min_match:
+                return False
+        if self.ngram is not None:
+            match = self.ngram.lookup(None, 1)
+            if match.match_length >= self.spec.copy_min_match:
+                return False
+        return True
 
     def _plain_stretch(self, control: _Control, room: int, guard: OutputGuard) -> int:
         """How many tokens to decode as one Generate stream (no round trip per token): all of
