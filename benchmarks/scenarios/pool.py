@@ -72,7 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="how latency is added (auto: netem when the kernel has it, else the proxy)",
     )
-    p.add_argument("--max-draft", type=int, default=16, help="gateway max draft tokens")
+    p.add_argument("--max-draft", type=int, default=64, help="gateway max draft tokens")
     p.add_argument(
         "--model-draft", default="", help="also a model-drafted route (e.g. qwen2.5-coder-0.5b)"
     )  # fmt: skip
