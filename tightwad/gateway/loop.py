@@ -95,6 +95,8 @@ class RouteSpec:
     # wide draft that breaks there wastes its whole verify (draft-free runs of 2026-11-26:
     # 1.55-1.60x the target alone starting at 48, 1.67-1.71x starting at 16).
     prediction_start_tokens: int = 16
+    # ... and only once the output has followed the prediction for this many tokens.
+    prediction_min_run: int = 2
     # Plain steps between drafts: queue the next plain step before looking at this one's
     # token, so the engine never idles for a round trip (drafting starts one token later).
     plain_lookahead: bool = True
@@ -810,9 +812,14 @@ class _Run:
         if self.prediction is not None:
             # The output has followed the prediction for a while: copy it as wide as a copy.
             pred = self.prediction
+            pred.propose(self.output, 0)  # catch up with the output
             copying = copy_ok and pred.run >= self.spec.copy_min_match
+            # Otherwise guess only where the output has followed it for a few tokens: a
+            # one-token re-alignment (e.g. the "\n" after an opening code fence) is weak
+            # evidence for a wide guess.
+            confirmed = pred.run >= self.spec.prediction_min_run
             got = pred.propose(self.output, k_copy if copying else k)
-            if got and (copying or k > 0):
+            if got and (copying or (k > 0 and confirmed)):
                 return self._shape(got, room), None, copying
         if self.ngram is not None:
             match = self.ngram.lookup(None, max(k, k_copy))

@@ -692,31 +692,24 @@ class Session:
 
     def _undo_step(self, expected: int) -> None:
         """Drop the last plain step (if the session grew to ``expected`` tokens with it)."""
-        if self.closed or len(self.tokens) != expected:
-            return
-        keep = expected - 1
+        if not self.closed and len(self.tokens) == expected:
+            self._truncate_sync(expected - 1)
+
+    def _truncate_sync(self, keep: int) -> int:
+        """Keep the first ``keep`` tokens (the last of them pending, outside the KV cache)."""
         self.tokens = self.tokens[:keep]
         self._slot.kv_tokens = self._slot.kv_tokens[: keep - 1]
         self._slot.exact = min(self._slot.exact, keep - 1)
         if self.n_kv > keep - 1:
             self._m.seq_rm(self.seq, keep - 1, -1)
             self.n_kv = keep - 1
+        return len(self.tokens)
 
     async def rewind(self, keep: int) -> int:
         self._check_open()
         if not 1 <= keep <= len(self.tokens):
             raise InvalidRequestError(f"rewind keep={keep} outside 1..{len(self.tokens)}")
-
-        def do() -> int:
-            self.tokens = self.tokens[:keep]
-            self._slot.kv_tokens = self._slot.kv_tokens[: keep - 1]
-            self._slot.exact = min(self._slot.exact, keep - 1)
-            if self.n_kv > keep - 1:
-                self._m.seq_rm(self.seq, keep - 1, -1)
-                self.n_kv = keep - 1
-            return len(self.tokens)
-
-        return await self._e._run(do)
+        return await self._e._run(lambda: self._truncate_sync(keep))
 
     # -- draft --------------------------------------------------------------------------
 
