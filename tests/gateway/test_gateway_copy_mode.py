@@ -7,14 +7,16 @@ so the test sees exactly which drafts the loop sent.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from benchmarks.fake_engine import registration
 from tightwad.gateway.engine_client import EngineClient
 from tightwad.gateway.loop import RouteSpec, SpecBackend
-from tightwad.gateway.types import Finished, GenerationRequest, GenerationStats
+from tightwad.gateway.types import Finished, GenerationRequest, GenerationStats, TextDelta
 from tightwad.rpc import GrpcServer
 
 
@@ -110,3 +112,46 @@ async def test_copies_are_cut_to_the_cheapest_measured_width() -> None:
     # widths is cheaper (48 + 5 plain steps), and it saves round trips.
     assert (stats.rounds, stats.drafted, stats.accepted, stats.plain_steps) == (2, 99, 99, 0)
     assert stats.accepted_by_position == (2,) * 47 + (1,) * 5
+
+
+async def test_plain_tokens_that_cannot_start_a_copy_stream_as_generate(tmp_path: Path) -> None:
+    record = tmp_path / "verifies.jsonl"
+    server = GrpcServer([registration(record=record)], address="127.0.0.1:0")
+    await server.start()
+    try:
+        # No suffix of the output recurs for a while (the fake continues t -> t + 1 from 201;
+        # the prompt holds 1..30 only), so the n-gram route has nothing to draft: it decodes
+        # in Generate chunks, each as long as a draft needs to become possible at all.
+        prompt = [*list(range(1, 31)), 200]
+        outputs = {}
+        for plain_chunks in (True, False):
+            backend = SpecBackend(
+                RouteSpec(
+                    name="r",
+                    target=EngineClient(server.bound_address, "fake"),
+                    draft_mode="ngram",
+                    plain_chunks=plain_chunks,
+                )
+            )
+            await backend.start()
+            req = GenerationRequest(model="r", prompt_tokens=tuple(prompt), max_tokens=40)
+            tokens: list[int] = []
+            stats = None
+            async for ev in backend.generate(req):
+                if isinstance(ev, TextDelta):
+                    tokens.extend(ev.token_ids)
+                elif isinstance(ev, Finished):
+                    stats = ev.stats
+            await backend.spec.target.close()
+            assert stats is not None and stats.plain_steps == 40 and stats.rounds == 0
+            outputs[plain_chunks] = tokens
+    finally:
+        await server.stop(0)
+    assert outputs[True] == outputs[False] == [*range(201, 241)]
+    sessions = [json.loads(line) for line in record.read_text().splitlines()]
+    # Each backend's calibration session comes first, then its request's session: stepwise,
+    # every token is a Verify; chunked, only the first plain step (it measures t_plain) and the
+    # step queued behind it.
+    assert len(sessions) == 4
+    chunked, stepwise = len(sessions[1]), len(sessions[3])
+    assert stepwise == 40 and chunked == 2

@@ -100,6 +100,10 @@ class RouteSpec:
     # Plain steps between drafts: queue the next plain step before looking at this one's
     # token, so the engine never idles for a round trip (drafting starts one token later).
     plain_lookahead: bool = True
+    # Proposers that look at every token (n-gram, prediction) decode the tokens that certainly
+    # cannot start a draft as one Generate stream (a copy needs its match to grow to
+    # copy_min_match first, at most one token per token).
+    plain_chunks: bool = True
     draft_timeout_s: float = 5.0
     draft_min_confidence: float = 0.0
     draft_top_m: int = 16
@@ -581,7 +585,11 @@ class _Run:
             if guard.finished:
                 break
             drafts, q = await self._after_round(drafts, res, before)
-            self.chain = not drafts and self._stays_plain(control)
+            # The queued plain step is the next round; chain the one after it only when that
+            # is certainly plain too (with plain_chunks, such stretches go as Generate).
+            self.chain = (
+                not drafts and not self.spec.plain_chunks and self._certainly_plain(control) >= 2
+            )
         tail = guard.finish()
         if tail:
             yield TextDelta(text=tail)
@@ -602,30 +610,47 @@ class _Run:
             self.ahead = True
         return await self.target.read_verified()
 
-    def _stays_plain(self, control: _Control) -> bool:
-        """Whether the next round would be a plain step: the controller says k = 0 and no
-        copy (a long n-gram match, an output following the prediction) is waiting."""
-        if not self.spec.plain_lookahead or control.next_k() > 0:
-            return False
-        if len(self.output) < self.copy_off_until:
-            return True
+    def _certainly_plain(self, control: _Control) -> int:
+        """How many of the next rounds are certainly plain steps for a proposer that looks at
+        every token (0 = the next round may draft). A suffix match grows by at most one token
+        per token, so a draft that needs a match of n tokens (a copy: ``copy_min_match``; a
+        short n-gram draft while the controller wants k > 0: the n-gram's ``min_n``) is at
+        least n minus the current match away; likewise a prediction's run. With k = 0 the
+        controller's next probe bounds it too."""
+        if not self.spec.plain_lookahead:
+            return 0
+        k = control.next_k()
+        if k > 0 and (self.draft is not None or self.wants_drafter or self.text_draft is not None):
+            return 0
+        ahead = control.plain_steps_ahead() or 1 if k == 0 else 1 << 30
+        copy = self.spec.copy_min_match
+        paused = self.copy_off_until - len(self.output)
         if self.prediction is not None:
             self.prediction.propose(self.output, 0)  # catch up with the output
-            if self.prediction.run >= self.spec.copy_min_match:
-                return False
+            need = min(copy, self.spec.prediction_min_run) if k > 0 else copy
+            if paused > 0:
+                need = self.spec.prediction_min_run if k > 0 else 1 << 30
+            ahead = min(ahead, need - self.prediction.run)
         if self.ngram is not None:
-            match = self.ngram.lookup(None, 1)
-            if match.match_length >= self.spec.copy_min_match:
-                return False
-        return True
+            short = self.ngram.min_n if self.mode == "ngram" else self.spec.hybrid_min_match
+            need = min(copy, short) if k > 0 else copy
+            if paused > 0:
+                need = short if k > 0 else 1 << 30
+            ahead = min(ahead, need - self.ngram.lookup(None, 1).match_length)
+        if paused > 0 and k == 0:
+            ahead = min(ahead, paused)
+        return max(0, ahead)
 
     def _plain_stretch(self, control: _Control, room: int, guard: OutputGuard) -> int:
         """How many tokens to decode as one Generate stream (no round trip per token): all of
         them without drafting; for a draft model, the plain steps the controller has already
-        decided on. Proposers that look at every new token (n-gram, prediction) need steps."""
-        if self.ngram is not None or self.prediction is not None or self.pre is not None:
+        decided on; for proposers that look at every new token (n-gram, prediction), the
+        tokens that certainly cannot start a draft (:meth:`_certainly_plain`)."""
+        if self.pre is not None:
             return 0
-        if self.mode == "none":
+        if self.ngram is not None or self.prediction is not None:
+            ahead = self._certainly_plain(control) if self.spec.plain_chunks else 0
+        elif self.mode == "none":
             ahead = room
         elif self.mode == "model" and self.spec.adaptive:
             ahead = control.plain_steps_ahead()
@@ -659,6 +684,8 @@ class _Run:
                     verify_ms=step * 1000.0,
                 )
                 self.output.append(g.token)
+                if self.ngram is not None:
+                    self.ngram.extend([g.token])
                 out = guard.push_block([g.token])
                 if out.text or out.kept:
                     yield TextDelta(
