@@ -456,8 +456,8 @@ class _Run:
         self.copy_pause = 16
         # A plain Verify queued on the target whose result the next round takes.
         self.ahead = False
-        # Whether the next round is certainly plain (nothing to draft after the last token):
-        # taking a queued plain step then queues the one after it at once.
+        # Without plain_chunks: whether the round after the queued plain step is certainly
+        # plain too; taking the queued step then queues the next one at once.
         self.chain = False
         # Leading tokens of the draft session known to equal prompt + output.
         self.draft_valid = 0
@@ -622,7 +622,7 @@ class _Run:
         k = control.next_k()
         if k > 0 and (self.draft is not None or self.wants_drafter or self.text_draft is not None):
             return 0
-        ahead = control.plain_steps_ahead() or 1 if k == 0 else 1 << 30
+        ahead = (control.plain_steps_ahead() or 1) if k == 0 else 1 << 30
         copy = self.spec.copy_min_match
         paused = self.copy_off_until - len(self.output)
         if self.prediction is not None:
