@@ -56,8 +56,10 @@ def test_draft_free_and_cost_model_outputs(tmp_path: Path, smollm_path: Path) ->
                 "edit",
                 "--per-kind",
                 "1",
+                # Long enough for a copy: n-gram routes draft nothing until a 12-token match
+                # (short drafts cannot pay on a CPU), and the cost model projects drafted runs.
                 "--max-tokens",
-                "8",
+                "48",
                 "--threads",
                 "1",
                 "--no-llama-server",
