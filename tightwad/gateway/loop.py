@@ -456,9 +456,6 @@ class _Run:
         self.copy_pause = 16
         # A plain Verify queued on the target whose result the next round takes.
         self.ahead = False
-        # Without plain_chunks: whether the round after the queued plain step is certainly
-        # plain too; taking the queued step then queues the next one at once.
-        self.chain = False
         # Leading tokens of the draft session known to equal prompt + output.
         self.draft_valid = 0
         # Whether this round's drafts are in the draft session (model or pipelined drafts).
@@ -526,11 +523,6 @@ class _Run:
             if self.ahead:  # the plain step queued last round
                 self.ahead = False
                 res = await self._target_call(self.target.read_verified())
-                if self.chain and left >= 3:
-                    # Still nothing to draft: queue the next plain step before this token is
-                    # processed, so the engine decodes back to back through plain stretches.
-                    await self.target.send_verify()
-                    self.ahead = True
             else:
                 stretch = 0 if drafts else self._plain_stretch(control, room, guard)
                 if stretch > 1:
@@ -585,11 +577,6 @@ class _Run:
             if guard.finished:
                 break
             drafts, q = await self._after_round(drafts, res, before)
-            # The queued plain step is the next round; chain the one after it only when that
-            # is certainly plain too (with plain_chunks, such stretches go as Generate).
-            self.chain = (
-                not drafts and not self.spec.plain_chunks and self._certainly_plain(control) >= 2
-            )
         tail = guard.finish()
         if tail:
             yield TextDelta(text=tail)
@@ -616,30 +603,30 @@ class _Run:
         per token, so a draft that needs a match of n tokens (a copy: ``copy_min_match``; a
         short n-gram draft while the controller wants k > 0: the n-gram's ``min_n``) is at
         least n minus the current match away; likewise a prediction's run. With k = 0 the
-        controller's next probe bounds it too."""
+        controller's next probe, and the end of a copy pause, bound it too."""
         if not self.spec.plain_lookahead:
             return 0
         k = control.next_k()
         if k > 0 and (self.draft is not None or self.wants_drafter or self.text_draft is not None):
             return 0
-        ahead = (control.plain_steps_ahead() or 1) if k == 0 else 1 << 30
-        copy = self.spec.copy_min_match
-        paused = self.copy_off_until - len(self.output)
+        copies_on = len(self.output) >= self.copy_off_until
+        limits = [] if k > 0 else [control.plain_steps_ahead() or 1]
+        if k == 0 and not copies_on:
+            limits.append(self.copy_off_until - len(self.output))
         if self.prediction is not None:
-            self.prediction.propose(self.output, 0)  # catch up with the output
-            need = min(copy, self.spec.prediction_min_run) if k > 0 else copy
-            if paused > 0:
-                need = self.spec.prediction_min_run if k > 0 else 1 << 30
-            ahead = min(ahead, need - self.prediction.run)
+            run = self.prediction.sync(self.output)
+            if copies_on:
+                limits.append(self.spec.copy_min_match - run)
+            if k > 0:
+                limits.append(self.spec.prediction_min_run - run)
         if self.ngram is not None:
+            match = self.ngram.lookup(None, 1).match_length
             short = self.ngram.min_n if self.mode == "ngram" else self.spec.hybrid_min_match
-            need = min(copy, short) if k > 0 else copy
-            if paused > 0:
-                need = short if k > 0 else 1 << 30
-            ahead = min(ahead, need - self.ngram.lookup(None, 1).match_length)
-        if paused > 0 and k == 0:
-            ahead = min(ahead, paused)
-        return max(0, ahead)
+            if copies_on:
+                limits.append(self.spec.copy_min_match - match)
+            if k > 0:
+                limits.append(short - match)
+        return max(0, min(limits)) if limits else 0
 
     def _plain_stretch(self, control: _Control, room: int, guard: OutputGuard) -> int:
         """How many tokens to decode as one Generate stream (no round trip per token): all of
@@ -839,7 +826,7 @@ class _Run:
         if self.prediction is not None:
             # The output has followed the prediction for a while: copy it as wide as a copy.
             pred = self.prediction
-            pred.propose(self.output, 0)  # catch up with the output
+            pred.sync(self.output)
             copying = copy_ok and pred.run >= self.spec.copy_min_match
             # Otherwise guess only where the output has followed it for a few tokens: a
             # one-token re-alignment (e.g. the "\n" after an opening code fence) is weak

@@ -165,6 +165,11 @@ class PredictionProposer:
         """Index in the prediction of the token expected next (None while lost)."""
         return self._pos
 
+    def sync(self, output: Sequence[int]) -> int:
+        """Catch up with ``output`` (the completion so far); returns :attr:`run`."""
+        self._sync(output)
+        return self.run
+
     def propose(self, output: Sequence[int], k: int) -> list[int]:
         """Up to k prediction tokens expected after ``output`` (the completion so far)."""
         self._sync(output)
