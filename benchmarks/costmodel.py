@@ -147,7 +147,7 @@ def fit_run(run: dict[str, Any]) -> Fit:
     ratio = 0.0
     cfg = run.get("config", {})
     if "draft" in cfg and "target" in cfg:
-        from tightwad.models import ensure_model
+        from tightwad.fetch_models import ensure_model
 
         ratio = (
             ensure_model(cfg["draft"]).stat().st_size / ensure_model(cfg["target"]).stat().st_size

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import grpc
 
-from tightwad.agent.convert import device_to_proto, host_to_proto
-from tightwad.agent.inventory.domain import Backend, DeviceInfo, HostFacts, Vendor
 from tightwad.controller.registry import PROTOCOL_VERSION
+from tightwad.engine.device_facts import Backend, DeviceInfo, HostFacts, Vendor
+from tightwad.engine.facts_wire import device_to_proto, host_to_proto
 from tightwad.rpc import client_channel
 from tightwad.v1 import agent_pb2, controller_pb2, controller_pb2_grpc
 

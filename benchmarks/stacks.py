@@ -22,8 +22,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tightwad.agent.engine.core import EngineConfig
 from tightwad.agent.server import AgentServer, AgentSettings
+from tightwad.engine.engine_config import EngineConfig
 from tightwad.gateway.api import GatewaySettings
 from tightwad.gateway.engine_client import EngineClient
 from tightwad.gateway.loop import RouteSpec

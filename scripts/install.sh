@@ -18,6 +18,6 @@ WHEEL_DIR="$(PYTHON="$VPY" scripts/build_llama.sh wheel | xargs dirname)"
 "$VPY" -m pip install -q diskcache typing-extensions
 "$VPY" -m pip install -q -e '.[dev]'
 if [[ "${1:-}" != "--no-models" ]]; then
-  "$VPY" -m tightwad.models smollm2-135m >/dev/null
+  "$VPY" -m tightwad.fetch_models smollm2-135m >/dev/null
 fi
 echo "install: ok ($("$VPY" -c 'import tightwad; print(tightwad.__version__)'))" >&2

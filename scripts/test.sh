@@ -11,7 +11,7 @@ if ! command -v systemd-analyze >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]] && comm
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null) || \
     echo "test: could not install systemd; the unit checks will be skipped" >&2
 fi
-"$VPY" -m tightwad.models >/dev/null
+"$VPY" -m tightwad.fetch_models >/dev/null
 scripts/build_llama.sh bin >/dev/null
 echo "== buf lint" >&2
 (cd protos && npx --yes @bufbuild/buf lint)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tightwad.models import ensure_model
+from tightwad.fetch_models import ensure_model
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +28,8 @@ def qwen_target_path() -> Path:
 @pytest.fixture
 async def smollm_agent(smollm_path: Path) -> AsyncIterator[object]:
     """A real agent on loopback serving SmolLM2-135M in its embedded engine."""
-    from tightwad.agent.engine.core import EngineConfig
     from tightwad.agent.server import AgentServer, AgentSettings
+    from tightwad.engine.engine_config import EngineConfig
 
     cfg = EngineConfig(
         model_id="smollm", path=smollm_path, ctx_size=1024, max_sessions=20, threads=2

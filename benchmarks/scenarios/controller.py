@@ -38,11 +38,11 @@ from tqdm import tqdm
 from benchmarks.machine import machine_facts
 from benchmarks.report import RESULTS, Report
 from benchmarks.stacks import _die_with_parent, _free_port, child_process, stop_process
-from tightwad.agent.gguf_facts import ModelFacts
-from tightwad.agent.inventory.domain import Backend, DeviceInfo, Vendor
 from tightwad.agent.processes.probes import ProbeError, tcp_connect
 from tightwad.controller.ids import NodeId
 from tightwad.controller.placement import Candidate, PlacementRequest, plan_placement
+from tightwad.engine.device_facts import Backend, DeviceInfo, Vendor
+from tightwad.engine.model_facts import ModelFacts
 
 NAME = "controller"
 TOKEN = "bench-controller-token"

@@ -22,7 +22,7 @@ from benchmarks.scenarios.common import (
     run_matrix,
 )
 from benchmarks.stacks import Route, gateway_stack, llama_server
-from tightwad.models import ensure_model
+from tightwad.fetch_models import ensure_model
 
 NAME = "draft-free"
 BASELINE = "target-alone"
@@ -30,7 +30,9 @@ BASELINE = "target-alone"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_arguments(p)
-    p.add_argument("--model", default="qwen2.5-coder-1.5b", help="model name of tightwad.models")
+    p.add_argument(
+        "--model", default="qwen2.5-coder-1.5b", help="model name of tightwad.fetch_models"
+    )
     p.add_argument("--max-draft", type=int, default=64, help="gateway max draft tokens")
     p.add_argument(
         "--llama-spec",

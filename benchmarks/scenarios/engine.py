@@ -31,11 +31,12 @@ from benchmarks.machine import machine_facts
 from benchmarks.report import RESULTS, Report
 from benchmarks.scenarios.overhead import session_round_trips
 from benchmarks.stacks import fake_engine_process, llama_server
-from tightwad.agent.engine._llama import LlamaLoadParams, LlamaModel
-from tightwad.agent.engine.core import EngineConfig, _cpu_executor
 from tightwad.agent.server import AgentServer, AgentSettings
+from tightwad.engine.binding import LlamaLoadParams, LlamaModel
+from tightwad.engine.engine_config import EngineConfig
+from tightwad.engine.llama_engine import _cpu_executor
+from tightwad.fetch_models import ensure_model
 from tightwad.gateway.engine_client import EngineClient
-from tightwad.models import ensure_model
 from tightwad.spec.sampling import SamplingConfig
 from tightwad.v1 import engine_pb2, engine_pb2_grpc
 
@@ -112,7 +113,7 @@ async def _verify_sweep(
 ) -> dict[int, dict[str, list[float]]]:
     """Per k: client round trip and engine verify_ms of Verify(k), and raw decode of k+1."""
     # The raw model computes on the engines' shared CPU thread: a second calling thread would
-    # start a second OpenMP team and slow both (see tightwad.agent.engine.core).
+    # start a second OpenMP team and slow both (see tightwad.engine.llama_engine).
     loop = asyncio.get_running_loop()
     cpu = _cpu_executor()
     params = LlamaLoadParams(

@@ -23,7 +23,7 @@ from benchmarks.scenarios.common import (
     run_matrix,
 )
 from benchmarks.stacks import Route, gateway_stack, llama_server
-from tightwad.models import ensure_model
+from tightwad.fetch_models import ensure_model
 
 NAME = "model-draft"
 BASELINE = "target-alone"

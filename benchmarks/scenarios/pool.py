@@ -53,7 +53,7 @@ from benchmarks.stacks import (
     stop_process,
 )
 from tightwad.agent.processes.probes import ProbeError, rpc_hello
-from tightwad.models import ensure_model
+from tightwad.fetch_models import ensure_model
 
 NAME = "pool"
 RPC_PORT = 50052

@@ -31,7 +31,7 @@ from benchmarks.scenarios.common import (
     run_matrix,
 )
 from benchmarks.stacks import Route, engine_host_process, gateway_for
-from tightwad.models import ensure_model
+from tightwad.fetch_models import ensure_model
 
 NAME = "two-hosts"
 BASELINE = "target-alone"

@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 from support import assert_equal_or_near_tie
 
-from tightwad.agent.adapters._base import AdapterConfig
-from tightwad.agent.adapters.llama_server import LlamaServerEngine
-from tightwad.agent.engine.core import Engine, EngineConfig
-from tightwad.agent.engine.template import Message
 from tightwad.agent.server import AgentServer, AgentSettings
+from tightwad.engine.adapters.base import AdapterConfig
+from tightwad.engine.adapters.llama_server import LlamaServerEngine
+from tightwad.engine.contract import Message
+from tightwad.engine.engine_config import EngineConfig
+from tightwad.engine.llama_engine import Engine
 from tightwad.errors import InvalidRequestError
 from tightwad.gateway.engine_client import EngineClient
 from tightwad.spec.sampling import SamplingConfig

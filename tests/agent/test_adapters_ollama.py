@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tightwad.agent.adapters._base import AdapterConfig
-from tightwad.agent.adapters.ollama import BYTES_PER_TOKEN, EOG_ID, OllamaEngine
-from tightwad.agent.engine.template import Message
+from tightwad.engine.adapters.base import AdapterConfig
+from tightwad.engine.adapters.ollama import BYTES_PER_TOKEN, EOG_ID, OllamaEngine
+from tightwad.engine.contract import Message
 from tightwad.errors import InvalidRequestError, UnavailableError
 from tightwad.spec.sampling import SamplingConfig
 
@@ -214,7 +214,7 @@ async def test_an_unreachable_server_is_named() -> None:
 
 
 async def test_the_text_client_streams_chat_with_ollamas_counts(url: str) -> None:
-    from tightwad.agent.adapters.ollama import OllamaClient, ollama_options
+    from tightwad.engine.adapters.ollama import OllamaClient, ollama_options
 
     from .fake_ollama import render_chat
 
@@ -236,7 +236,7 @@ async def test_the_text_client_streams_chat_with_ollamas_counts(url: str) -> Non
 
 
 async def test_the_text_client_raises_on_an_error_line(url: str, fake: FakeOllama) -> None:
-    from tightwad.agent.adapters.ollama import OllamaClient
+    from tightwad.engine.adapters.ollama import OllamaClient
 
     fake.fail_after = 2
     client = OllamaClient(url, "toy")

@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 from aiohttp import web
 
-from tightwad.agent.adapters._base import AdapterConfig
-from tightwad.agent.adapters.openai_compat import OpenAICompatEngine
+from tightwad.engine.adapters.base import AdapterConfig
+from tightwad.engine.adapters.openai_compat import OpenAICompatEngine
 from tightwad.errors import InvalidRequestError
 from tightwad.spec.sampling import SamplingConfig
 

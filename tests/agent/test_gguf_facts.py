@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from tightwad.agent.convert import model_facts_from_proto, model_facts_to_proto
-from tightwad.agent.gguf_facts import (
+from tightwad.engine.facts_wire import model_facts_from_proto, model_facts_to_proto
+from tightwad.engine.model_facts import (
     ModelFacts,
     read_model_facts,
     scan_model_dirs,
     sha256_file,
 )
 from tightwad.errors import ModelLoadError
-from tightwad.models import MODELS, ensure_model
+from tightwad.fetch_models import MODELS, ensure_model
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from tightwad.agent.convert import inventory_from_proto, inventory_to_proto
 from tightwad.agent.inventory import (
     Backend,
     CommandResult,
@@ -20,6 +19,7 @@ from tightwad.agent.inventory import (
     Vendor,
     collect_inventory,
 )
+from tightwad.engine.facts_wire import inventory_from_proto, inventory_to_proto
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROC = FIXTURES / "proc"

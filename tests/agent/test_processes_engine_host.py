@@ -18,7 +18,7 @@ from tightwad.agent.engine_host import (
     settings_from_args,
 )
 from tightwad.agent.processes import ProcessKind, ProcessSpec, build_command
-from tightwad.agent.processes import convert as process_convert
+from tightwad.agent.processes import process_wire as process_convert
 from tightwad.errors import InvalidRequestError
 from tightwad.v1 import agent_pb2
 

@@ -25,8 +25,6 @@ from pathlib import Path
 import pytest
 
 from tightwad.agent.binaries import BinaryKind, find_binary
-from tightwad.agent.gguf_facts import read_model_facts
-from tightwad.agent.inventory.domain import Backend, DeviceInfo, Vendor
 from tightwad.controller.ids import DeviceId, NodeId
 from tightwad.controller.placement import (
     Candidate,
@@ -36,6 +34,8 @@ from tightwad.controller.placement import (
     PlacementRequest,
     plan_placement,
 )
+from tightwad.engine.device_facts import Backend, DeviceInfo, Vendor
+from tightwad.engine.model_facts import read_model_facts
 
 pytestmark = [pytest.mark.cluster, pytest.mark.engine]
 
@@ -124,7 +124,7 @@ def _run_llama(model: Path, ctx: int, plan: Placement, port: int) -> Allocated:
 @pytest.mark.parametrize("ctx", [512, 2048])
 @pytest.mark.parametrize("model_name", ["smollm2-135m", "qwen2.5-coder-0.5b"])
 def test_expected_bytes_per_device_within_15_percent(model_name: str, ctx: int) -> None:
-    from tightwad.models import ensure_model
+    from tightwad.fetch_models import ensure_model
 
     path = ensure_model(model_name)
     facts = read_model_facts(path)

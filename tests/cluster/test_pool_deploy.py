@@ -26,12 +26,13 @@ from pathlib import Path
 
 import pytest
 
-from tightwad.agent.engine.core import Engine, EngineConfig
 from tightwad.agent.processes import SupervisorSettings
 from tightwad.agent.server import AgentServer, AgentSettings
 from tightwad.config import default_config
 from tightwad.config._schema import ModelConfig
 from tightwad.controller.server import ControllerServer
+from tightwad.engine.engine_config import EngineConfig
+from tightwad.engine.llama_engine import Engine
 from tightwad.gateway.engine_client import EngineClient
 from tightwad.rpc import client_channel
 from tightwad.spec.sampling import SamplingConfig

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from tightwad.agent.gguf_facts import ModelFacts
-from tightwad.agent.inventory.domain import Backend, DeviceInfo, Vendor
 from tightwad.controller.ids import NodeId
 from tightwad.controller.placement import Candidate
+from tightwad.engine.device_facts import Backend, DeviceInfo, Vendor
+from tightwad.engine.model_facts import ModelFacts
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

@@ -6,8 +6,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tightwad.agent.gguf_facts import ModelFacts, read_model_facts
-from tightwad.agent.inventory.domain import Backend
 from tightwad.controller.ids import DeviceId, NodeId
 from tightwad.controller.placement import (
     Candidate,
@@ -19,6 +17,8 @@ from tightwad.controller.placement import (
     layers_from_split,
     plan_placement,
 )
+from tightwad.engine.device_facts import Backend
+from tightwad.engine.model_facts import ModelFacts, read_model_facts
 from tightwad.errors import InvalidRequestError
 
 from .factories import GiB, MiB, cand, device, facts

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tightwad.agent.inventory.domain import Backend, HostFacts
 from tightwad.controller.domain import (
     Deployment,
     DeploymentSpec,
@@ -34,6 +33,7 @@ from tightwad.controller.reconcile import (
     reconcile,
 )
 from tightwad.controller.registry import node_state
+from tightwad.engine.device_facts import Backend, HostFacts
 
 from .factories import GiB, MiB, device, facts
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tightwad.agent.convert import device_to_proto, host_to_proto, model_facts_to_proto
-from tightwad.agent.inventory.domain import Backend, HostFacts
 from tightwad.config import default_config
 from tightwad.controller.server import ControllerServer
+from tightwad.engine.device_facts import Backend, HostFacts
+from tightwad.engine.facts_wire import device_to_proto, host_to_proto, model_facts_to_proto
 from tightwad.rpc import GrpcServer, ServiceRegistration, client_channel
 from tightwad.v1 import agent_pb2, agent_pb2_grpc, controller_pb2, controller_pb2_grpc
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from tightwad.agent.inventory.domain import Backend, HostFacts
 from tightwad.controller.domain import (
     Deployment,
     DeploymentSpec,
@@ -23,6 +22,7 @@ from tightwad.controller.domain import (
 from tightwad.controller.ids import DeploymentId, DeviceId, NodeId
 from tightwad.controller.placement import Constraints, PlacementRequest, plan_placement
 from tightwad.controller.store import MIGRATIONS, Store
+from tightwad.engine.device_facts import Backend, HostFacts
 from tightwad.errors import ConfigError
 
 from .factories import GiB, cand, device, facts

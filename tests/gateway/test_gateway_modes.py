@@ -8,8 +8,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from tightwad.agent.engine.core import EngineConfig
 from tightwad.agent.server import AgentServer, AgentSettings
+from tightwad.engine.engine_config import EngineConfig
 from tightwad.errors import ConfigError
 from tightwad.gateway.api import GatewaySettings
 from tightwad.gateway.engine_client import EngineClient

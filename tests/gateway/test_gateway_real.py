@@ -18,8 +18,8 @@ import openai
 import pytest
 from support import NEAR_TIE_LOGPROB_GAP
 
-from tightwad.agent.engine.core import EngineConfig
 from tightwad.agent.server import AgentServer, AgentSettings
+from tightwad.engine.engine_config import EngineConfig
 from tightwad.gateway.api import GatewaySettings
 from tightwad.gateway.engine_client import EngineClient
 from tightwad.gateway.loop import RouteSpec

@@ -25,8 +25,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tightwad.agent.gguf_facts import read_model_facts
 from tightwad.config import load_config
+from tightwad.engine.model_facts import read_model_facts
 from tightwad.errors import ConfigError, ModelLoadError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,7 +119,8 @@ def test_engine_refuses_a_truncated_gguf_without_crashing(
     script = textwrap.dedent(
         f"""
         import asyncio, sys
-        from tightwad.agent.engine.core import Engine, EngineConfig
+        from tightwad.engine.engine_config import EngineConfig
+        from tightwad.engine.llama_engine import Engine
         from tightwad.errors import ModelLoadError
         cfg = EngineConfig(model_id="t", path={str(path)!r}, ctx_size=256, max_sessions=1,
                            threads=1)

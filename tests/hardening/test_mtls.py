@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from tightwad.agent.engine.service import EngineRegistry, EngineServicer
+from tightwad.engine.service import EngineRegistry, EngineServicer
 from tightwad.rpc import GrpcServer, ServiceRegistration, client_channel
 from tightwad.tls import channel_credentials, server_credentials
 from tightwad.v1 import engine_pb2, engine_pb2_grpc

@@ -18,11 +18,11 @@ from agent.fake_ollama import FakeOllama, serve
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from tightwad.agent.adapters._base import AdapterConfig, HttpEngine
-from tightwad.agent.adapters.llama_server import LlamaServerEngine
-from tightwad.agent.adapters.ollama import OllamaEngine
-from tightwad.agent.adapters.openai_compat import OpenAICompatEngine
 from tightwad.config import config_from_mapping
+from tightwad.engine.adapters.base import AdapterConfig, HttpEngine
+from tightwad.engine.adapters.llama_server import LlamaServerEngine
+from tightwad.engine.adapters.ollama import OllamaEngine
+from tightwad.engine.adapters.openai_compat import OpenAICompatEngine
 from tightwad.errors import ConfigError, UnavailableError
 from tightwad.gateway.routes import build_routes
 from tightwad.spec.sampling import SamplingConfig

@@ -42,9 +42,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tightwad.agent.engine.core import EngineConfig
 from tightwad.agent.server import AgentServer, AgentSettings, tls_from_env
 from tightwad.config import TlsConfig
+from tightwad.engine.engine_config import EngineConfig
 from tightwad.errors import TightwadError
 from tightwad.logs import configure_logging, get_logger
 

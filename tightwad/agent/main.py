@@ -31,11 +31,11 @@ from pathlib import Path
 
 import tightwad
 from tightwad.agent.binaries import BinaryLocator
-from tightwad.agent.engine.core import EngineConfig
 from tightwad.agent.node_service import LoadDefaults
 from tightwad.agent.processes import BindPolicy, SupervisorSettings
 from tightwad.agent.server import AgentServer, AgentSettings
 from tightwad.config import ClusterConfig, default_config, load_config, resolve_config_path
+from tightwad.engine.engine_config import EngineConfig
 from tightwad.errors import ConfigError, TightwadError
 from tightwad.logs import configure_logging, get_logger
 

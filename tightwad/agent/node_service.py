@@ -26,16 +26,17 @@ from pathlib import Path
 
 import grpc
 
-from tightwad.agent import convert as inventory_convert
-from tightwad.agent.engine.core import Engine, EngineConfig
-from tightwad.agent.engine.service import EngineRegistry
-from tightwad.agent.gguf_facts import ModelFacts, ModelFileError, scan_model_dirs, sha256_file
 from tightwad.agent.inventory import CommandRunner, InventoryReport, collect_inventory
-from tightwad.agent.inventory.domain import DeviceInfo
 from tightwad.agent.processes import Supervisor
-from tightwad.agent.processes import convert as process_convert
+from tightwad.agent.processes import process_wire as process_convert
 from tightwad.agent.processes.domain import ProcessStatus
 from tightwad.clock import Clock, SystemClock
+from tightwad.engine import facts_wire as inventory_convert
+from tightwad.engine.device_facts import DeviceInfo
+from tightwad.engine.engine_config import EngineConfig
+from tightwad.engine.llama_engine import Engine
+from tightwad.engine.model_facts import ModelFacts, ModelFileError, scan_model_dirs, sha256_file
+from tightwad.engine.service import EngineRegistry
 from tightwad.errors import ConflictError, InvalidRequestError, ModelLoadError, NotFoundError
 from tightwad.logs import get_logger
 from tightwad.v1 import agent_pb2, agent_pb2_grpc

@@ -32,9 +32,6 @@ from pathlib import Path
 import grpc
 
 from tightwad.agent.binaries import BinaryKind, BinaryLocator
-from tightwad.agent.convert import model_facts_to_proto
-from tightwad.agent.engine.core import Engine, EngineConfig
-from tightwad.agent.engine.service import EngineRegistry, EngineServicer
 from tightwad.agent.inventory import CommandRunner, SubprocessRunner
 from tightwad.agent.node_service import (
     LoadDefaults,
@@ -45,6 +42,10 @@ from tightwad.agent.node_service import (
 from tightwad.agent.processes import Supervisor, SupervisorSettings
 from tightwad.clock import Clock, SystemClock
 from tightwad.config import TlsConfig
+from tightwad.engine.engine_config import EngineConfig
+from tightwad.engine.facts_wire import model_facts_to_proto
+from tightwad.engine.llama_engine import Engine
+from tightwad.engine.service import EngineRegistry, EngineServicer
 from tightwad.errors import ConfigError
 from tightwad.logs import get_logger
 from tightwad.rpc import GrpcServer, ServiceRegistration, client_channel, failure_details

@@ -13,7 +13,7 @@ that follow (events, logs) run until the caller stops reading. Failures surface 
 With ``credentials`` (the cluster's mutual TLS, :func:`tightwad.tls.channel_credentials`)
 every channel, to the controller and to agents for logs, speaks TLS and presents them.
 
-Replies and requests are converted with :mod:`tightwad.controller.convert` (both directions:
+Replies and requests are converted with :mod:`tightwad.controller.cluster_wire` (both directions:
 nodes, deployments, placements, events), so the CLI holds no wire conversion of its own.
 """
 
@@ -28,8 +28,7 @@ from typing import Protocol, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tightwad.agent.processes.domain import LogLine
-from tightwad.controller.convert import (
+from tightwad.controller.cluster_wire import (
     NodeStatus,
     deployment_from_proto,
     event_from_proto,
@@ -43,6 +42,7 @@ from tightwad.controller.domain import (
     Event,
 )
 from tightwad.controller.placement import Placement
+from tightwad.engine.log_line import LogLine
 from tightwad.errors import AuthenticationError, NotFoundError, UnavailableError
 from tightwad.rpc import client_channel, failure_details, translate_rpc_error
 from tightwad.v1 import agent_pb2, agent_pb2_grpc, controller_pb2, controller_pb2_grpc

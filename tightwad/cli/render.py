@@ -16,13 +16,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tightwad.agent.gguf_facts import ModelFacts
-from tightwad.agent.inventory.domain import DeviceInfo
-from tightwad.agent.processes.domain import LogLine
 from tightwad.cli.client import ClusterStatus, NodeStatus
 from tightwad.config import ModelConfig
 from tightwad.controller.domain import Deployment, Event
 from tightwad.controller.placement import Assignment, Placement, format_bytes
+from tightwad.engine.device_facts import DeviceInfo
+from tightwad.engine.log_line import LogLine
+from tightwad.engine.model_facts import ModelFacts
 
 __all__ = [
     "ModelRow",

@@ -12,10 +12,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tightwad.agent.engine.core import EngineConfig
 from tightwad.agent.server import AgentServer, AgentSettings
 from tightwad.cli._foreground import run_until_signal
 from tightwad.config import ClusterConfig, load_config
+from tightwad.engine.engine_config import EngineConfig
 from tightwad.errors import ConfigError, TightwadError
 from tightwad.gateway.api import GatewaySettings
 from tightwad.gateway.engine_client import EngineClient
@@ -88,7 +88,7 @@ def _resolve_target(opts: UpOptions) -> Path:
         if not path.is_file():
             raise ConfigError("--target", f"no such GGUF file: {path}")
         return path
-    from tightwad.models import ensure_model
+    from tightwad.fetch_models import ensure_model
 
     return ensure_model(DEFAULT_MODEL)
 

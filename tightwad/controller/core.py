@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from tightwad.agent.gguf_facts import ModelFacts
 from tightwad.clock import Clock
 from tightwad.config import ClusterConfig
 from tightwad.controller.domain import (
@@ -53,6 +52,7 @@ from tightwad.controller.reconcile import (
 )
 from tightwad.controller.registry import Registry
 from tightwad.controller.store import Store
+from tightwad.engine.model_facts import ModelFacts
 from tightwad.errors import ModelLoadError, NotFoundError, TightwadError
 from tightwad.logs import get_logger
 

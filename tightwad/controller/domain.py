@@ -1,7 +1,7 @@
 """Domain values of the controller: nodes as observed, deployments as desired, events.
 
 All frozen dataclasses; protobuf messages are built from them only in
-``tightwad.controller.convert``. Observed process and engine state is what agents report in
+``tightwad.controller.cluster_wire``. Observed process and engine state is what agents report in
 their heartbeats; desired state is what ``Deploy``/``Swap``/``Stop`` recorded.
 """
 
@@ -11,10 +11,10 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from tightwad.agent.gguf_facts import ModelFacts
-from tightwad.agent.inventory.domain import DeviceInfo, HostFacts
 from tightwad.controller.ids import DeploymentId, NodeId
 from tightwad.controller.placement import Constraints, Placement
+from tightwad.engine.device_facts import DeviceInfo, HostFacts
+from tightwad.engine.model_facts import ModelFacts
 
 __all__ = [
     "Deployment",

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from tightwad.controller.convert import process_from_proto
+from tightwad.controller.cluster_wire import process_from_proto
 from tightwad.controller.domain import ProcessView
 from tightwad.controller.reconcile import (
     StartEngineHost,

@@ -62,9 +62,9 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from tightwad.agent.gguf_facts import ModelFacts
-from tightwad.agent.inventory.domain import Backend, DeviceInfo
 from tightwad.controller.ids import DeviceId, NodeId
+from tightwad.engine.device_facts import Backend, DeviceInfo
+from tightwad.engine.model_facts import ModelFacts
 from tightwad.errors import InvalidRequestError
 
 __all__ = [

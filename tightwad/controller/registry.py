@@ -20,12 +20,12 @@ import hmac
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from tightwad.agent.gguf_facts import ModelFacts
-from tightwad.agent.inventory.domain import DeviceInfo, HostFacts
 from tightwad.controller.domain import EngineView, EventLevel, NodeRecord, NodeState, ProcessView
 from tightwad.controller.events import EventLog
 from tightwad.controller.ids import NodeId
 from tightwad.controller.store import Store
+from tightwad.engine.device_facts import DeviceInfo, HostFacts
+from tightwad.engine.model_facts import ModelFacts
 from tightwad.errors import AuthenticationError, ModelLoadError, NotFoundError
 
 __all__ = [

@@ -15,8 +15,7 @@ from typing import TypeVar
 import grpc
 
 from tightwad import __version__
-from tightwad.agent.convert import device_from_proto, host_from_proto
-from tightwad.controller.convert import (
+from tightwad.controller.cluster_wire import (
     deployment_to_proto,
     engine_from_proto,
     event_to_proto,
@@ -29,6 +28,7 @@ from tightwad.controller.convert import (
 )
 from tightwad.controller.core import Controller
 from tightwad.controller.ids import DeploymentId, NodeId
+from tightwad.engine.facts_wire import device_from_proto, host_from_proto
 from tightwad.errors import InvalidRequestError
 from tightwad.v1 import controller_pb2 as pb
 from tightwad.v1 import controller_pb2_grpc

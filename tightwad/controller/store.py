@@ -23,8 +23,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tightwad.agent.gguf_facts import ModelFacts
-from tightwad.agent.inventory.domain import Backend, DeviceInfo, HostFacts, Vendor
 from tightwad.controller.domain import (
     Deployment,
     DeploymentSpec,
@@ -40,6 +38,8 @@ from tightwad.controller.domain import (
 )
 from tightwad.controller.ids import DeploymentId, DeviceId, NodeId
 from tightwad.controller.placement import Assignment, Constraints, Placement
+from tightwad.engine.device_facts import Backend, DeviceInfo, HostFacts, Vendor
+from tightwad.engine.model_facts import ModelFacts
 from tightwad.errors import ConfigError
 
 __all__ = ["MIGRATIONS", "Store"]

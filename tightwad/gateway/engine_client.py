@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from tightwad.convert import sampling_to_pb, sparse_to_pb
+from tightwad.engine.spec_wire import sampling_to_pb, sparse_to_pb
 from tightwad.errors import InvalidRequestError, UnavailableError, from_grpc_status
 from tightwad.rpc import client_channel, translate_rpc_error
 from tightwad.spec.sampling import SamplingConfig, SparseDist

@@ -31,7 +31,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from tightwad.agent.adapters.ollama import OllamaChunk, OllamaClient, OllamaModel, ollama_options
+from tightwad.engine.adapters.ollama import OllamaChunk, OllamaClient, OllamaModel, ollama_options
 from tightwad.errors import (
     InvalidRequestError,
     NotFoundError,

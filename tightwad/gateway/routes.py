@@ -40,12 +40,12 @@ from typing import Protocol
 
 import grpc
 
-from tightwad.agent.adapters._base import AdapterConfig, HttpEngine
-from tightwad.agent.adapters.ollama import OllamaClient
-from tightwad.agent.engine.core import EngineConfig
 from tightwad.agent.server import AgentServer, AgentSettings
 from tightwad.clock import Clock, SystemClock
 from tightwad.config import ClusterConfig, Endpoint, EngineAddress, ModelRef, Route, RouteTarget
+from tightwad.engine.adapters.base import AdapterConfig, HttpEngine
+from tightwad.engine.adapters.ollama import OllamaClient
+from tightwad.engine.engine_config import EngineConfig
 from tightwad.errors import ConfigError, NotFoundError, TightwadError, UnavailableError
 from tightwad.gateway.engine_client import EngineClient
 from tightwad.gateway.loop import RouteSpec, SpecBackend
@@ -202,17 +202,17 @@ async def _connect_adapter(
         url_key=f"{where}.url",
     )
     if ep.backend == "llamacpp":
-        from tightwad.agent.adapters.llama_server import LlamaServerEngine
+        from tightwad.engine.adapters.llama_server import LlamaServerEngine
 
         return await LlamaServerEngine.connect(cfg)
     if ep.backend == "ollama":
         # Text only (no token ids): can_verify and can_draft are false, so a route with an
         # Ollama target serves plainly, and an Ollama drafter is refused at route start.
-        from tightwad.agent.adapters.ollama import OllamaEngine
+        from tightwad.engine.adapters.ollama import OllamaEngine
 
         return await OllamaEngine.connect(cfg)
     if ep.backend == "openai":
-        from tightwad.agent.adapters.openai_compat import OpenAICompatEngine
+        from tightwad.engine.adapters.openai_compat import OpenAICompatEngine
 
         return await OpenAICompatEngine.connect(cfg)
     raise ConfigError(f"{where}.backend", f"unknown HTTP backend {ep.backend!r}")

@@ -26,7 +26,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 
-from tightwad.agent.adapters.ollama import OllamaClient
+from tightwad.engine.adapters.ollama import OllamaClient
 from tightwad.errors import TightwadError
 from tightwad.gateway.engine_client import EngineClient
 from tightwad.gateway.types import GenerationRequest

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tightwad.agent.engine._llama import LlamaLoadParams, LlamaModel
-from tightwad.agent.engine.core import Engine, EngineConfig
+from tightwad.engine.binding import LlamaLoadParams, LlamaModel
+from tightwad.engine.engine_config import EngineConfig
+from tightwad.engine.llama_engine import Engine
 from tightwad.spec.sampling import SamplingConfig
 
 pytestmark = pytest.mark.engine

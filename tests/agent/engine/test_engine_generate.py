@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tightwad.agent.engine.core import Engine, EngineConfig
+from tightwad.engine.engine_config import EngineConfig
+from tightwad.engine.llama_engine import Engine
 from tightwad.spec.sampling import SamplingConfig
 
 pytestmark = pytest.mark.engine

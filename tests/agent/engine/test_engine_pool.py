@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tightwad.agent.binaries import BinaryKind, find_binary
-from tightwad.agent.engine.core import Engine, EngineConfig
+from tightwad.engine.engine_config import EngineConfig
+from tightwad.engine.llama_engine import Engine
 from tightwad.errors import ModelLoadError
 from tightwad.spec.sampling import SamplingConfig
 

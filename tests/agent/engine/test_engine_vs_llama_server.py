@@ -18,8 +18,9 @@ import pytest
 from support import NEAR_TIE_LOGPROB_GAP, first_divergence
 
 from tightwad.agent.binaries import BinaryKind, find_binary
-from tightwad.agent.engine.core import Engine, EngineConfig
-from tightwad.agent.engine.template import Message
+from tightwad.engine.contract import Message
+from tightwad.engine.engine_config import EngineConfig
+from tightwad.engine.llama_engine import Engine
 from tightwad.spec.sampling import SamplingConfig
 
 pytestmark = [pytest.mark.engine, pytest.mark.cluster]

@@ -9,14 +9,6 @@ from tightwad.agent.inventory.amd import parse_amd_smi, parse_rocm_smi, parse_ro
 from tightwad.agent.inventory.apple import metal_working_set, parse_system_profiler
 from tightwad.agent.inventory.collect import collect_inventory
 from tightwad.agent.inventory.cpu import cpu_device, parse_cpuinfo, parse_meminfo
-from tightwad.agent.inventory.domain import (
-    Backend,
-    DeviceInfo,
-    HostFacts,
-    InventoryReport,
-    InventoryWarning,
-    Vendor,
-)
 from tightwad.agent.inventory.ggml import (
     GgmlDevice,
     RpcServerBanner,
@@ -30,6 +22,14 @@ from tightwad.agent.inventory.runner import (
     CommandRunner,
     ReplayRunner,
     SubprocessRunner,
+)
+from tightwad.engine.device_facts import (
+    Backend,
+    DeviceInfo,
+    HostFacts,
+    InventoryReport,
+    InventoryWarning,
+    Vendor,
 )
 
 __all__ = [

@@ -16,7 +16,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from tightwad.agent.inventory.domain import Backend, DeviceInfo, InventoryWarning, Vendor
 from tightwad.agent.inventory.runner import CommandRunner
 from tightwad.agent.inventory.units import (
     is_missing,
@@ -24,6 +23,7 @@ from tightwad.agent.inventory.units import (
     parse_bytes,
     parse_float,
 )
+from tightwad.engine.device_facts import Backend, DeviceInfo, InventoryWarning, Vendor
 
 __all__ = [
     "RocmAgent",

@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tightwad.agent.inventory.domain import Backend, DeviceInfo, InventoryWarning, Vendor
 from tightwad.agent.inventory.runner import CommandRunner
 from tightwad.agent.inventory.units import parse_bytes
+from tightwad.engine.device_facts import Backend, DeviceInfo, InventoryWarning, Vendor
 
 __all__ = ["metal_working_set", "parse_memsize", "parse_system_profiler", "probe_apple"]
 

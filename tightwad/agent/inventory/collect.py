@@ -14,13 +14,13 @@ from pathlib import Path
 
 import tightwad
 from tightwad.agent.inventory import amd, apple, cpu, ggml, nvidia
-from tightwad.agent.inventory.domain import (
+from tightwad.agent.inventory.runner import CommandRunner
+from tightwad.engine.device_facts import (
     DeviceInfo,
     HostFacts,
     InventoryReport,
     InventoryWarning,
 )
-from tightwad.agent.inventory.runner import CommandRunner
 from tightwad.logs import get_logger
 
 __all__ = ["DEFAULT_TIMEOUT_S", "collect_inventory"]

@@ -12,8 +12,8 @@ import platform
 import socket
 from dataclasses import dataclass
 
-from tightwad.agent.inventory.domain import Backend, DeviceInfo, HostFacts, Vendor
 from tightwad.agent.inventory.units import parse_bytes
+from tightwad.engine.device_facts import Backend, DeviceInfo, HostFacts, Vendor
 
 __all__ = ["CpuFacts", "cpu_device", "parse_cpuinfo", "parse_meminfo"]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from tightwad.agent.inventory.domain import Backend, DeviceInfo, InventoryWarning, Vendor
+from tightwad.engine.device_facts import Backend, DeviceInfo, InventoryWarning, Vendor
 
 __all__ = [
     "GgmlDevice",

@@ -15,7 +15,6 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
 
-from tightwad.agent.inventory.domain import Backend, DeviceInfo, InventoryWarning, Vendor
 from tightwad.agent.inventory.runner import CommandResult, CommandRunner
 from tightwad.agent.inventory.units import (
     is_missing,
@@ -24,6 +23,7 @@ from tightwad.agent.inventory.units import (
     parse_float,
     parse_int,
 )
+from tightwad.engine.device_facts import Backend, DeviceInfo, InventoryWarning, Vendor
 
 __all__ = [
     "CSV_FIELDS",

@@ -1,7 +1,7 @@
 """Domain values of supervised processes: what to run (``ProcessSpec``), how it is doing
 (``ProcessStatus``), and one captured log line (``LogLine``).
 
-Protobuf messages are built from these only in :mod:`tightwad.agent.processes.convert`.
+Protobuf messages are built from these only in :mod:`tightwad.agent.processes.process_wire`.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+
+from tightwad.engine.log_line import LogLine
 
 __all__ = ["LogLine", "ProcessKind", "ProcessSpec", "ProcessState", "ProcessStatus"]
 
@@ -74,13 +76,3 @@ class ProcessStatus:
     since: float
     binary: str
     protocol_version: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class LogLine:
-    """One line a child wrote; ``stream`` is ``stdout`` or ``stderr``; ``time`` Unix seconds."""
-
-    seq: int
-    time: float
-    stream: str
-    line: str

@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tightwad.agent.inventory.domain import Backend, DeviceInfo
 from tightwad.agent.processes.domain import ProcessKind, ProcessSpec
+from tightwad.engine.device_facts import Backend, DeviceInfo
 from tightwad.errors import InvalidRequestError
 
 __all__ = [

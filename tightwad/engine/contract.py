@@ -1,9 +1,9 @@
 """What the Engine service needs of an engine and of its sessions.
 
-The embedded llama.cpp :class:`~tightwad.agent.engine.core.Engine` satisfies these Protocols,
+The embedded llama.cpp :class:`~tightwad.engine.llama_engine.Engine` satisfies these Protocols,
 and so does every adapter in this package (a stock ``llama-server``, Ollama, an
 OpenAI-compatible server). The service dispatches to them without knowing which is which; an
-engine's :class:`~tightwad.agent.engine.core.EngineInfo` says honestly what it can do
+engine's :class:`~tightwad.engine.contract.EngineInfo` says honestly what it can do
 (``can_verify``, ``can_draft``, ``kind``).
 
 A session that cannot verify in one pass refuses ``verify`` with a non-empty draft
@@ -13,14 +13,78 @@ A session that cannot verify in one pass refuses ``verify`` with a non-empty dra
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from tightwad.agent.engine.core import DraftStep, EngineInfo, TokenLogprob, VerifyResult
-from tightwad.agent.engine.template import Message
 from tightwad.spec.sampling import SamplingConfig, SparseDist
 
-__all__ = ["EngineConfigLike", "EngineLike", "SessionLike"]
+__all__ = [
+    "DraftStep",
+    "EngineConfigLike",
+    "EngineInfo",
+    "EngineLike",
+    "Message",
+    "SessionLike",
+    "TokenLogprob",
+    "VerifyResult",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    content: str
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    model_id: str
+    model_name: str
+    architecture: str
+    n_layers: int
+    n_ctx: int
+    n_ctx_train: int
+    n_vocab: int
+    vocab_fingerprint: str
+    bos_token_id: int
+    eog_token_ids: tuple[int, ...]
+    live_sessions: int
+    n_threads: int
+    path: str
+    engine_version: str
+    devices: tuple[tuple[str, int], ...]
+    has_chat_template: bool
+    # What this engine can do: the embedded engine does everything; an HTTP adapter reports
+    # only what its server really supports (see tightwad.engine.adapters).
+    can_verify: bool = True
+    can_draft: bool = True
+    can_logprobs: bool = True
+    kind: str = "embedded"  # embedded | llama_server | ollama | openai
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    accepted: int
+    next_token: int
+    logprobs: tuple[TokenLogprob, ...]
+    verify_ms: float
+    n_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class DraftStep:
+    token_id: int
+    prob: float
+    q: SparseDist | None
 
 
 class EngineConfigLike(Protocol):

@@ -25,16 +25,9 @@ from typing import TypeVar
 
 import numpy as np
 
-from tightwad.agent.adapters._http import HttpClient
-from tightwad.agent.engine.core import (
-    DraftStep,
-    EngineInfo,
-    TokenLogprob,
-    VerifyResult,
-    check_open,
-    check_tokens,
-)
-from tightwad.agent.engine.template import Message
+from tightwad.engine.adapters.http import HttpClient
+from tightwad.engine.contract import DraftStep, EngineInfo, Message, TokenLogprob, VerifyResult
+from tightwad.engine.llama_engine import check_open, check_tokens
 from tightwad.errors import (
     ContextLengthError,
     InvalidRequestError,

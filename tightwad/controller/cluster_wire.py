@@ -4,7 +4,7 @@ the executor, which are the wire's edges) that touches generated code.
 Both directions live here: ``*_to_proto`` for the servicer's replies, ``*_from_proto`` for
 what clients of the controller (``tightwadctl``, the executor) read back as domain values
 (``NodeStatus``, ``Deployment``, ``Placement``, ``Event``). Inventory, devices, host facts
-and model facts reuse ``tightwad.agent.convert``.
+and model facts reuse ``tightwad.engine.facts_wire``.
 """
 
 from __future__ import annotations
@@ -13,14 +13,6 @@ import enum
 from dataclasses import dataclass
 from typing import TypeVar
 
-from tightwad.agent.convert import (
-    device_from_proto,
-    device_to_proto,
-    host_from_proto,
-    host_to_proto,
-    model_facts_from_proto,
-    model_facts_to_proto,
-)
 from tightwad.controller.domain import (
     Deployment,
     DeploymentSpec,
@@ -38,6 +30,14 @@ from tightwad.controller.domain import (
 from tightwad.controller.ids import DeploymentId, DeviceId, NodeId
 from tightwad.controller.placement import Assignment, Constraints, Placement
 from tightwad.controller.registry import Join
+from tightwad.engine.facts_wire import (
+    device_from_proto,
+    device_to_proto,
+    host_from_proto,
+    host_to_proto,
+    model_facts_from_proto,
+    model_facts_to_proto,
+)
 from tightwad.v1 import agent_pb2, controller_pb2
 
 __all__ = [

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from tightwad import convert as wire
-from tightwad.agent.adapters.protocol import EngineLike, SessionLike
-from tightwad.agent.engine import convert
+from tightwad.engine import engine_wire as convert
+from tightwad.engine import spec_wire as wire
+from tightwad.engine.contract import EngineLike, SessionLike
 from tightwad.errors import InvalidRequestError, NotFoundError
 from tightwad.v1 import engine_pb2, engine_pb2_grpc
 

@@ -32,8 +32,10 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from tightwad.agent.engine._llama import LlamaLoadParams, LlamaModel, llama_version
-from tightwad.agent.engine.template import ChatTemplate, Message
+from tightwad.engine.binding import LlamaLoadParams, LlamaModel, llama_version
+from tightwad.engine.chat_template import ChatTemplate
+from tightwad.engine.contract import DraftStep, EngineInfo, Message, TokenLogprob, VerifyResult
+from tightwad.engine.engine_config import EngineConfig
 from tightwad.errors import (
     ContextLengthError,
     InvalidRequestError,
@@ -67,79 +69,6 @@ def _cpu_executor() -> ThreadPoolExecutor:
     if _cpu_thread is None:
         _cpu_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-cpu")
     return _cpu_thread
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    """How to serve one model. ``ctx_size`` is per session; the context holds
-    ``ctx_size * max_sessions`` cells (unified KV cache)."""
-
-    model_id: str
-    path: Path
-    ctx_size: int = 2048
-    max_sessions: int = 16
-    cache_slots: int = 4
-    threads: int = 0
-    gpu_layers: int = 0
-    flash_attn: bool = True  # batched verify is then bit-identical to one-token decoding
-    batch_size: int = 512
-    tensor_split: tuple[float, ...] = ()
-    # ggml device names or "RPC[host:port]" (a ggml-rpc-server), in order; see _llama.py.
-    devices: tuple[str, ...] = ()
-    min_prefix_reuse: int = 8
-    # Prompts are prefilled in chunks aligned to multiples of this many positions, and a cached
-    # prefix is reused only up to such a boundary: with flash attention the KV cache, and so
-    # every logit, is then bit-identical whether or not a prefix came from the cache.
-    prefill_chunk: int = 64
-
-
-@dataclass(frozen=True, slots=True)
-class EngineInfo:
-    model_id: str
-    model_name: str
-    architecture: str
-    n_layers: int
-    n_ctx: int
-    n_ctx_train: int
-    n_vocab: int
-    vocab_fingerprint: str
-    bos_token_id: int
-    eog_token_ids: tuple[int, ...]
-    live_sessions: int
-    n_threads: int
-    path: str
-    engine_version: str
-    devices: tuple[tuple[str, int], ...]
-    has_chat_template: bool
-    # What this engine can do: the embedded engine does everything; an HTTP adapter reports
-    # only what its server really supports (see tightwad.agent.adapters).
-    can_verify: bool = True
-    can_draft: bool = True
-    can_logprobs: bool = True
-    kind: str = "embedded"  # embedded | llama_server | ollama | openai
-
-
-@dataclass(frozen=True, slots=True)
-class TokenLogprob:
-    token_id: int
-    logprob: float
-    top: tuple[tuple[int, float], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyResult:
-    accepted: int
-    next_token: int
-    logprobs: tuple[TokenLogprob, ...]
-    verify_ms: float
-    n_tokens: int
-
-
-@dataclass(frozen=True, slots=True)
-class DraftStep:
-    token_id: int
-    prob: float
-    q: SparseDist | None
 
 
 @dataclass
@@ -363,7 +292,7 @@ class Engine:
 
     async def vocab_fingerprint(self) -> str:
         if self._fingerprint is None:
-            from tightwad.agent.gguf_facts import read_model_facts
+            from tightwad.engine.model_facts import read_model_facts
 
             facts = await asyncio.to_thread(read_model_facts, Path(self.cfg.path))
             self._fingerprint = facts.vocab_fingerprint

@@ -10,22 +10,15 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from tightwad.engine.contract import Message
 from tightwad.errors import InvalidRequestError
 
 __all__ = ["ChatTemplate", "Message"]
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    role: str
-    content: str
-    name: str = ""
 
 
 def _raise(message: str) -> None:

@@ -24,7 +24,7 @@ import math
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from tightwad.agent.adapters._base import (
+from tightwad.engine.adapters.base import (
     EOG_TEXTS,
     AdapterConfig,
     AdapterFacts,
@@ -35,8 +35,7 @@ from tightwad.agent.adapters._base import (
     pieces_fingerprint,
     started,
 )
-from tightwad.agent.engine.core import TokenLogprob
-from tightwad.agent.engine.template import Message
+from tightwad.engine.contract import Message, TokenLogprob
 from tightwad.errors import InvalidRequestError, TightwadError, UnavailableError
 from tightwad.logs import get_logger
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tightwad.agent.engine.core import EngineInfo, TokenLogprob
-from tightwad.agent.engine.template import Message
+from tightwad.engine.contract import EngineInfo, Message, TokenLogprob
 from tightwad.v1 import common_pb2, engine_pb2
 
 __all__ = ["info_to_pb", "logprob_to_pb", "messages_from_pb"]

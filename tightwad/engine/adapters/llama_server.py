@@ -10,7 +10,7 @@ What it can do, and why:
   (``model_path`` on this host) the vocabulary fingerprint is the GGUF's, so this server can
   draft for an embedded engine of the same tokenizer.
 - render_chat: ``/apply-template`` (the server's own template engine), else the template of
-  ``/props`` rendered with :class:`~tightwad.agent.engine.template.ChatTemplate`.
+  ``/props`` rendered with :class:`~tightwad.engine.chat_template.ChatTemplate`.
 - Plain generation: ``/completion`` streamed, prompt as token ids, ``cache_prompt``,
   ``return_tokens``, the sampling parameters mapped one to one (and every other llama.cpp
   sampler turned off), logprobs through ``n_probs``.
@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tightwad.agent.adapters._base import (
+from tightwad.engine.adapters.base import (
     EOG_TEXTS,
     AdapterConfig,
     AdapterFacts,
@@ -42,8 +42,8 @@ from tightwad.agent.adapters._base import (
     pieces_fingerprint,
     started,
 )
-from tightwad.agent.engine.core import TokenLogprob
-from tightwad.agent.engine.template import ChatTemplate, Message
+from tightwad.engine.chat_template import ChatTemplate
+from tightwad.engine.contract import Message, TokenLogprob
 from tightwad.errors import InvalidRequestError, NotFoundError, UnavailableError
 from tightwad.logs import get_logger
 from tightwad.spec.sampling import SparseDist
@@ -182,7 +182,7 @@ class LlamaServerEngine(HttpEngine):
         """The GGUF's own vocabulary fingerprint, architecture and layers, when readable."""
         if not model_path or not await asyncio.to_thread(Path(model_path).is_file):
             return "", "", 0
-        from tightwad.agent.gguf_facts import read_model_facts
+        from tightwad.engine.model_facts import read_model_facts
 
         try:
             facts = await asyncio.to_thread(read_model_facts, Path(model_path))

@@ -7,8 +7,7 @@ for their owners to fill in.
 
 from __future__ import annotations
 
-from tightwad.agent.gguf_facts import ModelFacts, ModelFileError
-from tightwad.agent.inventory.domain import (
+from tightwad.engine.device_facts import (
     Backend,
     DeviceInfo,
     HostFacts,
@@ -16,6 +15,7 @@ from tightwad.agent.inventory.domain import (
     InventoryWarning,
     Vendor,
 )
+from tightwad.engine.model_facts import ModelFacts, ModelFileError
 from tightwad.v1 import agent_pb2, common_pb2
 
 __all__ = [

@@ -45,7 +45,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tightwad.agent.adapters._base import (
+from tightwad.engine.adapters.base import (
     AdapterConfig,
     AdapterFacts,
     HttpEngine,
@@ -54,8 +54,9 @@ from tightwad.agent.adapters._base import (
     StreamRequest,
     started,
 )
-from tightwad.agent.adapters._http import HttpClient
-from tightwad.agent.engine.template import ChatTemplate, Message
+from tightwad.engine.adapters.http import HttpClient
+from tightwad.engine.chat_template import ChatTemplate
+from tightwad.engine.contract import Message
 from tightwad.errors import (
     InvalidRequestError,
     NotFoundError,

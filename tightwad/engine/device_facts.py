@@ -1,7 +1,7 @@
 """Domain values of a host's inventory: its devices, host facts and warnings.
 
 These are plain frozen dataclasses; the protobuf messages (``Device``, ``HostInfo``,
-``Inventory``) are built from them only in ``tightwad.agent.convert``.
+``Inventory``) are built from them only in ``tightwad.engine.facts_wire``.
 
 Conventions, enforced by the parsers that build these values:
 

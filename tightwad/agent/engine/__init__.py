@@ -1,1 +1,0 @@
-"""The embedded llama.cpp engine and its gRPC Engine service."""
