@@ -236,7 +236,7 @@ async def test_subprocess_runner_missing_binary_and_timeout() -> None:
 
 
 def _built_llama_server() -> Path | None:
-    for candidate in sorted(Path.home().glob(".cache/tightwad/llama.cpp/*/bin/llama-server")):
+    for candidate in sorted(Path.home().glob(".cache/tightwad/llama.cpp/*/*/bin/llama-server")):
         return candidate
     found = shutil.which("llama-server")
     return Path(found) if found else None

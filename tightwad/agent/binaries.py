@@ -7,8 +7,9 @@ Search order, first hit wins:
    when that file is gone, its name is searched for in the places below);
 2. an explicit directory (``agents.binaries_dir`` or ``--binaries-dir``);
 3. ``$TIGHTWAD_BIN_DIR``;
-4. the build cache of ``scripts/build_llama.sh``: ``$TIGHTWAD_CACHE/llama.cpp/<version>/bin``
-   (default ``~/.cache/tightwad/llama.cpp``), newest version first;
+4. the build cache of ``scripts/build_llama.sh``:
+   ``$TIGHTWAD_CACHE/llama.cpp/<version>/<backend>/bin`` (default ``~/.cache/tightwad``), newest
+   version first, then ``$TIGHTWAD_BACKEND``'s build (else GPU backends before ``cpu``);
 5. ``$PATH``.
 
 A miss raises :class:`~tightwad.errors.NotFoundError` listing every place looked at and how to
@@ -53,14 +54,29 @@ _FIX = (
 
 
 def _version_key(path: Path) -> tuple[int, ...]:
-    return tuple(int(n) for n in re.findall(r"\d+", path.parent.name))
+    return tuple(int(n) for n in re.findall(r"\d+", path.parent.parent.name))
+
+
+# Without $TIGHTWAD_BACKEND, a GPU build is preferred over a CPU one of the same version.
+_BACKEND_ORDER = ("cuda", "rocm", "metal", "vulkan", "cpu")
+
+
+def _backend_rank(path: Path, chosen: str | None) -> int:
+    name = path.parent.name
+    if chosen:
+        return 0 if name == chosen else 1
+    return _BACKEND_ORDER.index(name) if name in _BACKEND_ORDER else len(_BACKEND_ORDER)
 
 
 def _cache_bins(env: Mapping[str, str]) -> list[Path]:
+    """``$TIGHTWAD_CACHE/llama.cpp/<version>/<backend>/bin``: newest version first, then the
+    backend ``$TIGHTWAD_BACKEND`` names (else GPU backends before ``cpu``)."""
     root = env.get("TIGHTWAD_CACHE")
     base = Path(root) if root else Path.home() / ".cache" / "tightwad"
-    found = [p for p in (base / "llama.cpp").glob("*/bin") if p.is_dir()]
-    return sorted(found, key=_version_key, reverse=True)
+    chosen = env.get("TIGHTWAD_BACKEND") or None
+    found = [p for p in (base / "llama.cpp").glob("*/*/bin") if p.is_dir()]
+    by_backend = sorted(found, key=lambda p: _backend_rank(p, chosen))
+    return sorted(by_backend, key=_version_key, reverse=True)
 
 
 def search_dirs(
