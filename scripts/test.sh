@@ -4,6 +4,21 @@
 # cluster and slow tiers alike). This is the README's test command and what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# System packages the tiers need, where we can install them (CI runs as root on Debian): a real
+# ggml GPU backend for the gpu tier (Vulkan on Mesa's lavapipe: loader, headers, glslc), and
+# Chromium for the dashboard's browser tests. Installed before install.sh so that the backend
+# detection sees the Vulkan toolkit and builds llama.cpp for it.
+if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+  need=()
+  for pkg in mesa-vulkan-drivers libvulkan-dev glslc spirv-headers chromium; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+  done
+  if ((${#need[@]})); then
+    echo "test: apt-get install ${need[*]}" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null) || \
+      echo "test: could not install ${need[*]}; the gpu and dashboard tiers will say why they skip" >&2
+  fi
+fi
 scripts/install.sh
 VPY="$PWD/.venv/bin/python"
 # systemd-analyze verifies the packaged units; install it where we can (CI runs as root).
@@ -22,6 +37,10 @@ fi
 echo "== ruff" >&2
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+if grep -q '^\[tool.importlinter\]' pyproject.toml; then
+  echo "== import contracts" >&2
+  .venv/bin/lint-imports
+fi
 echo "== mypy" >&2
 .venv/bin/mypy tightwad/spec tightwad/controller
 echo "== pytest" >&2

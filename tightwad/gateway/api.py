@@ -42,6 +42,7 @@ from tightwad.errors import (
     NotFoundError,
     OverloadedError,
     TightwadError,
+    UnsupportedParameterError,
 )
 from tightwad.gateway.metrics import CONTENT_TYPE, GatewayMetrics, route_status
 from tightwad.gateway.openai_schema import (
@@ -54,7 +55,7 @@ from tightwad.gateway.openai_schema import (
 from tightwad.gateway.openapi import openapi_json
 from tightwad.gateway.security import NetworkAllowList, RouteLimiter, check_bearer
 from tightwad.gateway.sse import Renderer, SSEWriter, renderer_for
-from tightwad.gateway.types import Backend, Finished, GenerationEvent, TextDelta
+from tightwad.gateway.types import Backend, Finished, GenerationEvent, TextDelta, ToolCallDelta
 from tightwad.logs import get_logger
 
 __all__ = ["GatewaySettings", "create_app"]
@@ -262,7 +263,20 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     body = await _read_json(request)
     parsed = parse_chat(body, gateway.limits, request[REQUEST_ID])
+    _refuse_unwired(parsed)
     return await _Generation(request, gateway, parsed, "chatcmpl-").run()
+
+
+def _refuse_unwired(parsed: ParsedRequest) -> None:
+    """Tools and response_format are validated, but until the loop constrains and parses the
+    output they are refused rather than silently ignored."""
+    r = parsed.request
+    if r.grammar is not None:
+        raise UnsupportedParameterError(
+            "response_format other than text is not supported yet.", param="response_format"
+        )
+    if r.tools and r.tool_choice.mode != "none":
+        raise UnsupportedParameterError("tools are not supported yet.", param="tools")
 
 
 async def _completions(request: web.Request) -> web.StreamResponse:
@@ -337,13 +351,13 @@ class _Generation:
     def _observe(self, event: GenerationEvent) -> None:
         if isinstance(event, Finished):
             self.gateway.metrics.observe_finished(self.route, event)
-        elif event.text and not self.first_token_seen:
+        elif (isinstance(event, ToolCallDelta) or event.text) and not self.first_token_seen:
             self.first_token_seen = True
             elapsed = time.monotonic() - self.started
             self.gateway.metrics.observe_first_token(self.route, elapsed)
 
     async def _collect(self, events: AsyncIterator[GenerationEvent]) -> web.Response:
-        deltas: list[TextDelta] = []
+        deltas: list[TextDelta | ToolCallDelta] = []
         try:
             async with asyncio.timeout_at(self.deadline):
                 async for event in events:

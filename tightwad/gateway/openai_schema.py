@@ -4,7 +4,10 @@ Owns :func:`parse_json_object`, :func:`parse_chat` and :func:`parse_completion`.
 
 - every refusal is an :class:`~tightwad.errors.InvalidRequestError` (400) naming the offending
   ``param`` the way a client wrote it (``messages[2].content[0].type``, ``stop``, ...);
-- a field we understand but cannot honour (``n > 1``, ``tools``, image parts, a prompt batch)
+- ``tools``, ``tool_choice``, ``parallel_tool_calls``, ``response_format``, assistant
+  ``tool_calls`` and ``tool`` messages are checked by :mod:`tightwad.gateway.tools.request` and
+  :mod:`tightwad.gateway.structured` (a bad schema is refused naming its path inside);
+- a field we understand but cannot honour (``n > 1``, image parts, a prompt batch)
   is an :class:`~tightwad.errors.UnsupportedParameterError` (code ``unsupported_parameter``);
 - a field OpenAI does not define (and that is not one of our llama.cpp extensions ``top_k``,
   ``min_p``, ``repeat_penalty``, ``penalty_last_n``) is refused by name, as OpenAI does;
@@ -22,6 +25,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tightwad.errors import InvalidRequestError, UnsupportedParameterError
+from tightwad.gateway.structured import parse_response_format
+from tightwad.gateway.tools.request import (
+    check_tool_history,
+    parse_tool_calls,
+    parse_tool_choice,
+    parse_tools,
+)
 from tightwad.gateway.types import ChatMessage, GenerationRequest
 from tightwad.spec.sampling import SamplingConfig
 
@@ -30,7 +40,7 @@ __all__ = ["Endpoint", "Limits", "ParsedRequest", "parse_chat", "parse_completio
 Endpoint = Literal["chat", "completion"]
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_ROLES = frozenset({"system", "user", "assistant", "developer"})
+_ROLES = frozenset({"system", "user", "assistant", "developer", "tool"})
 _COMMON = frozenset(
     {
         "model", "stream", "stream_options", "max_tokens", "max_completion_tokens",
@@ -41,16 +51,18 @@ _COMMON = frozenset(
 )  # fmt: skip
 # Fields we know but only accept at their neutral value (JSON null always counts as absent).
 _CHAT_NEUTRAL: Mapping[str, tuple[object, ...]] = {
-    "tools": ([],),
-    "tool_choice": ("none",),
     "functions": ([],),
     "function_call": ("none",),
-    "response_format": ({"type": "text"},),
     "audio": (),
     "modalities": (["text"],),
 }
 _COMPLETION_NEUTRAL: Mapping[str, tuple[object, ...]] = {"best_of": (1,), "suffix": ("",)}
-_CHAT_FIELDS = _COMMON | {"messages", "top_logprobs", "parallel_tool_calls"} | set(_CHAT_NEUTRAL)
+_CHAT_FIELDS = (
+    _COMMON
+    | {"messages", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls"}
+    | {"response_format"}
+    | set(_CHAT_NEUTRAL)
+)
 _COMPLETION_FIELDS = _COMMON | {"prompt", "echo"} | set(_COMPLETION_NEUTRAL)
 
 
@@ -106,7 +118,10 @@ def _refuse_constant(name: str) -> object:
 def parse_chat(body: Mapping[str, Any], limits: Limits, request_id: str = "") -> ParsedRequest:
     """Validate a ``POST /v1/chat/completions`` body."""
     _check_fields(body, _CHAT_FIELDS, _CHAT_NEUTRAL)
-    _boolean(body, "parallel_tool_calls", False)
+    parallel_tool_calls = _boolean(body, "parallel_tool_calls", True)
+    tools = parse_tools(body.get("tools"))
+    tool_choice = parse_tool_choice(body.get("tool_choice"), tools)
+    grammar = parse_response_format(body.get("response_format"))
     logprobs = _boolean(body, "logprobs", False)
     top_logprobs = _integer(body, "top_logprobs", 0, 20)
     if top_logprobs and not logprobs:
@@ -114,6 +129,7 @@ def parse_chat(body: Mapping[str, Any], limits: Limits, request_id: str = "") ->
             "logprobs must be set to true when top_logprobs is used.", param="top_logprobs"
         )
     messages = _messages(body.get("messages"))
+    check_tool_history([(m.role, m.tool_calls, m.tool_call_id) for m in messages])
     return _finish(
         "chat",
         body,
@@ -122,6 +138,10 @@ def parse_chat(body: Mapping[str, Any], limits: Limits, request_id: str = "") ->
         messages=messages,
         logprobs=logprobs,
         top_logprobs=top_logprobs or 0,
+        grammar=grammar,
+        tools=tools,
+        tool_choice=tool_choice,
+        parallel_tool_calls=parallel_tool_calls,
     )
 
 
@@ -407,12 +427,12 @@ def _message(value: object, param: str) -> ChatMessage:
     if not isinstance(value, dict):
         raise _type_error(param, "an object", value)
     for key, item in value.items():
-        if key in {"tool_calls", "function_call", "audio"} and item is not None:
+        if key in {"function_call", "audio"} and item is not None:
             raise UnsupportedParameterError(
                 f"'{key}' in messages is not supported.", param=f"{param}.{key}"
             )
-        if key not in {"role", "content", "name", "refusal", "tool_calls", "function_call",
-                       "audio"}:  # fmt: skip
+        if key not in {"role", "content", "name", "refusal", "tool_calls", "tool_call_id",
+                       "function_call", "audio"}:  # fmt: skip
             raise InvalidRequestError(
                 f"Unrecognized argument in a message: {key}", param=f"{param}.{key}"
             )
@@ -422,14 +442,33 @@ def _message(value: object, param: str) -> ChatMessage:
     if role not in _ROLES:
         raise InvalidRequestError(
             f"Invalid value for role: '{role}'. Supported values are: "
-            "'system', 'user', 'assistant' and 'developer'.",
+            "'system', 'user', 'assistant', 'developer' and 'tool'.",
             param=f"{param}.role",
+        )
+    calls = value.get("tool_calls")
+    if calls is not None and role != "assistant":
+        raise InvalidRequestError(
+            f"'{param}.tool_calls' is only allowed in assistant messages",
+            param=f"{param}.tool_calls",
+        )
+    tool_calls = parse_tool_calls(calls, f"{param}.tool_calls") if calls is not None else ()
+    call_id = value.get("tool_call_id")
+    if call_id is not None and (role != "tool" or not isinstance(call_id, str)):
+        raise InvalidRequestError(
+            f"'{param}.tool_call_id' must be a string, and only in tool messages",
+            param=f"{param}.tool_call_id",
         )
     content = value.get("content")
     if content is None and role == "assistant":
         content = ""
     name = _string(value, "name") or ""
-    return ChatMessage(role=role, content=_text_parts(content, f"{param}.content"), name=name)
+    return ChatMessage(
+        role=role,
+        content=_text_parts(content, f"{param}.content"),
+        name=name,
+        tool_calls=tool_calls,
+        tool_call_id=call_id or "",
+    )
 
 
 def _prompt(value: object) -> tuple[str | None, tuple[int, ...] | None]:

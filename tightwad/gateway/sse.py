@@ -28,7 +28,8 @@ from typing import Any
 from aiohttp import web
 
 from tightwad.gateway.openai_schema import ParsedRequest
-from tightwad.gateway.types import Finished, LogprobEntry, TextDelta
+from tightwad.gateway.tools.stream import assemble_tool_calls, tool_call_chunk
+from tightwad.gateway.types import Finished, LogprobEntry, TextDelta, ToolCallDelta
 
 __all__ = ["ChatRenderer", "CompletionRenderer", "Renderer", "SSEWriter", "renderer_for"]
 
@@ -79,7 +80,9 @@ class ChatRenderer(_Base):
         delta = {"role": "assistant", "content": ""}
         return [self._chunk(delta, None, None)]
 
-    def delta_chunk(self, delta: TextDelta) -> dict[str, Any] | None:
+    def delta_chunk(self, delta: TextDelta | ToolCallDelta) -> dict[str, Any] | None:
+        if isinstance(delta, ToolCallDelta):
+            return self._chunk({"tool_calls": [tool_call_chunk(delta)]}, None, None)
         if not delta.text and not delta.logprobs:
             return None
         return self._chunk({"content": delta.text}, self._logprobs(delta.logprobs), None)
@@ -92,13 +95,20 @@ class ChatRenderer(_Base):
             chunks.append(_with_stats(usage, finished))
         return chunks
 
-    def body(self, deltas: Sequence[TextDelta], finished: Finished) -> dict[str, Any]:
+    def body(
+        self, events: Sequence[TextDelta | ToolCallDelta], finished: Finished
+    ) -> dict[str, Any]:
+        deltas = [e for e in events if isinstance(e, TextDelta)]
+        calls = [e for e in events if isinstance(e, ToolCallDelta)]
         entries = [entry for delta in deltas for entry in delta.logprobs]
-        message = {
+        content = "".join(delta.text for delta in deltas)
+        message: dict[str, Any] = {
             "role": "assistant",
-            "content": "".join(delta.text for delta in deltas),
+            "content": content or (None if calls else ""),
             "refusal": None,
         }
+        if calls:
+            message["tool_calls"] = assemble_tool_calls(calls)
         choice = {
             "index": 0,
             "message": message,

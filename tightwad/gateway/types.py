@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from tightwad.engine.grammar import GrammarSpec
+from tightwad.gateway.tools.request import Tool, ToolCall, ToolChoice
 from tightwad.spec.sampling import SamplingConfig
 
 __all__ = [
@@ -24,10 +26,11 @@ __all__ = [
     "LogprobEntry",
     "RouteInfo",
     "TextDelta",
+    "ToolCallDelta",
     "Usage",
 ]
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +38,9 @@ class ChatMessage:
     role: str
     content: str
     name: str = ""
+    # An assistant message's calls, and the call a ``tool`` message answers.
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +63,12 @@ class GenerationRequest:
     # Completions API: prepend the prompt to the output text.
     echo: bool = False
     request_id: str = ""
+    # Structured outputs: the grammar every output token is constrained by (response_format).
+    grammar: GrammarSpec | None = None
+    # Tools the model may call (rendered through its chat template) and how it must choose.
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=lambda: ToolChoice("none"))
+    parallel_tool_calls: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +144,18 @@ class Finished:
     stats: GenerationStats
 
 
-GenerationEvent = TextDelta | Finished
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of tool call ``index``: its id and name come once, in its first delta (with
+    empty ``arguments``); later deltas carry the arguments' JSON text in pieces."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+GenerationEvent = TextDelta | ToolCallDelta | Finished
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,1 @@
+"""Tool calling: request values and checks, per-family call syntax, streaming deltas."""
