@@ -90,6 +90,8 @@ class _GenerateStopEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Generate
     GENERATE_STOP_EOG: _GenerateStop.ValueType  # 2
     GENERATE_STOP_TOKEN: _GenerateStop.ValueType  # 3
     GENERATE_STOP_CONTEXT_FULL: _GenerateStop.ValueType  # 4
+    GENERATE_STOP_GRAMMAR: _GenerateStop.ValueType  # 5
+    """The grammar is complete: nothing more may follow."""
 
 class GenerateStop(_GenerateStop, metaclass=_GenerateStopEnumTypeWrapper):
     """Why a Generate ended."""
@@ -99,6 +101,8 @@ GENERATE_STOP_LENGTH: GenerateStop.ValueType  # 1
 GENERATE_STOP_EOG: GenerateStop.ValueType  # 2
 GENERATE_STOP_TOKEN: GenerateStop.ValueType  # 3
 GENERATE_STOP_CONTEXT_FULL: GenerateStop.ValueType  # 4
+GENERATE_STOP_GRAMMAR: GenerateStop.ValueType  # 5
+"""The grammar is complete: nothing more may follow."""
 Global___GenerateStop: _TypeAlias = GenerateStop  # noqa: Y015
 
 @_typing.final
@@ -609,6 +613,7 @@ class OpenCommand(_message.Message):
     SAMPLING_FIELD_NUMBER: _builtins.int
     TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
     LOGPROBS_FIELD_NUMBER: _builtins.int
+    GRAMMAR_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     text: _builtins.str
     add_special: _builtins.bool
@@ -623,6 +628,13 @@ class OpenCommand(_message.Message):
     def chat(self) -> Global___ChatPrompt: ...
     @_builtins.property
     def sampling(self) -> Global___SamplingParams: ...
+    @_builtins.property
+    def grammar(self) -> Global___Grammar:
+        """Constrained decoding (structured outputs, tool calls): every token the session emits,
+        in Generate and in Verify alike, is masked by this grammar's state after the tokens
+        before it; unset = unconstrained. Compiled by the engine over its own vocabulary.
+        """
+
     def __init__(
         self,
         *,
@@ -634,16 +646,42 @@ class OpenCommand(_message.Message):
         sampling: Global___SamplingParams | None = ...,
         top_logprobs: _builtins.int = ...,
         logprobs: _builtins.bool = ...,
+        grammar: Global___Grammar | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "prompt", b"prompt", "sampling", b"sampling", "text", b"text", "tokens", b"tokens"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "grammar", b"grammar", "prompt", b"prompt", "sampling", b"sampling", "text", b"text", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_special", b"add_special", "chat", b"chat", "logprobs", b"logprobs", "model", b"model", "prompt", b"prompt", "sampling", b"sampling", "text", b"text", "tokens", b"tokens", "top_logprobs", b"top_logprobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_special", b"add_special", "chat", b"chat", "grammar", b"grammar", "logprobs", b"logprobs", "model", b"model", "prompt", b"prompt", "sampling", b"sampling", "text", b"text", "tokens", b"tokens", "top_logprobs", b"top_logprobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_prompt: _TypeAlias = _typing.Literal["tokens", "text", "chat"]  # noqa: Y015
     _WhichOneofArgType_prompt: _TypeAlias = _typing.Literal["prompt", b"prompt"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_prompt) -> _WhichOneofReturnType_prompt | None: ...
 
 Global___OpenCommand: _TypeAlias = OpenCommand  # noqa: Y015
+
+@_typing.final
+class Grammar(_message.Message):
+    """A grammar as the request gave it (tightwad.engine.grammar.GrammarSpec)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """"json_schema" (source: the schema's JSON text), "lark" or "regex"."""
+    source: _builtins.str
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Grammar: _TypeAlias = Grammar  # noqa: Y015
 
 @_typing.final
 class DraftCommand(_message.Message):
@@ -927,6 +965,9 @@ class VerifyResultEvent(_message.Message):
     LOGPROBS_FIELD_NUMBER: _builtins.int
     VERIFY_MS_FIELD_NUMBER: _builtins.int
     N_TOKENS_FIELD_NUMBER: _builtins.int
+    GRAMMAR_VALID_FIELD_NUMBER: _builtins.int
+    FORCED_TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    GRAMMAR_DONE_FIELD_NUMBER: _builtins.int
     accepted: _builtins.int
     """Draft tokens accepted (prefix length)."""
     next_token_id: _builtins.int
@@ -934,10 +975,19 @@ class VerifyResultEvent(_message.Message):
     verify_ms: _builtins.float
     n_tokens: _builtins.int
     """Length of the sequence after this round (next token included, as pending)."""
+    grammar_valid: _builtins.int
+    """Under a grammar: draft tokens the grammar allowed (the draft was cut at the first token
+    it forbids, before verification), and the tokens it forces after next_token (a free
+    draft for the next round; empty when none or no grammar).
+    """
+    grammar_done: _builtins.bool
+    """Under a grammar: the grammar is complete after next_token (the output must end here)."""
     @_builtins.property
     def logprobs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenLogprob]:
         """Logprobs of the accepted tokens then of the next token (when requested at Open)."""
 
+    @_builtins.property
+    def forced_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
         self,
         *,
@@ -946,10 +996,13 @@ class VerifyResultEvent(_message.Message):
         logprobs: _abc.Iterable[_common_pb2.TokenLogprob] | None = ...,
         verify_ms: _builtins.float = ...,
         n_tokens: _builtins.int = ...,
+        grammar_valid: _builtins.int = ...,
+        forced_token_ids: _abc.Iterable[_builtins.int] | None = ...,
+        grammar_done: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "logprobs", b"logprobs", "n_tokens", b"n_tokens", "next_token_id", b"next_token_id", "verify_ms", b"verify_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "forced_token_ids", b"forced_token_ids", "grammar_done", b"grammar_done", "grammar_valid", b"grammar_valid", "logprobs", b"logprobs", "n_tokens", b"n_tokens", "next_token_id", b"next_token_id", "verify_ms", b"verify_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -986,10 +1039,15 @@ class GenerateDoneEvent(_message.Message):
     STOP_FIELD_NUMBER: _builtins.int
     GENERATE_MS_FIELD_NUMBER: _builtins.int
     N_TOKENS_FIELD_NUMBER: _builtins.int
+    FORCED_TOKEN_IDS_FIELD_NUMBER: _builtins.int
     count: _builtins.int
     stop: Global___GenerateStop.ValueType
     generate_ms: _builtins.float
     n_tokens: _builtins.int
+    @_builtins.property
+    def forced_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Under a grammar: the tokens it forces after the last token (see VerifyResultEvent)."""
+
     def __init__(
         self,
         *,
@@ -997,10 +1055,11 @@ class GenerateDoneEvent(_message.Message):
         stop: Global___GenerateStop.ValueType = ...,
         generate_ms: _builtins.float = ...,
         n_tokens: _builtins.int = ...,
+        forced_token_ids: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "generate_ms", b"generate_ms", "n_tokens", b"n_tokens", "stop", b"stop"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "forced_token_ids", b"forced_token_ids", "generate_ms", b"generate_ms", "n_tokens", b"n_tokens", "stop", b"stop"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
