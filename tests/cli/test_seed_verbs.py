@@ -11,12 +11,23 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import openai
 import pytest
+from agent.fake_ollama import FakeOllama, continuation, serve
 from aiohttp import web
 from gateway.fakes import FakeBackend
 
-from tightwad.cli.seed import add_seed_commands, run_seed
+from tightwad.cli.seed import (
+    GatewayAddress,
+    add_seed_commands,
+    build_proxy,
+    gateway_address,
+    run_seed,
+)
+from tightwad.config import load_config
+from tightwad.gateway import main as gateway_main
 from tightwad.gateway.api import GatewaySettings, create_app
+from tightwad.gateway.assemble import assemble, listen_address
 
 from . import test_ctl_fixtures as fx
 from .test_ctl_fixtures import Cli, Result
@@ -155,18 +166,48 @@ async def test_proxy_status_and_stop_with_no_gateway(cli: Cli, tmp_path: Path) -
     assert r.code == 0 and "nothing to stop" in r.out
 
 
-async def test_proxy_start_explains_routes_it_cannot_serve(cli: Cli, tmp_path: Path) -> None:
-    """The seed's proxy points at HTTP servers; models need the controller (down here)."""
-    seed = await asyncio.to_thread(SEED_CONFIG.read_text, encoding="utf-8")
-    cfg = tmp_path / "seed.yaml"
-    cfg.write_text(
-        seed + f"\ncontroller:\n  host: 127.0.0.1\n  port: {_closed_port()}\n", encoding="utf-8"
+async def test_proxy_start_serves_the_seed_file_as_tightwad_gateway_does(tmp_path: Path) -> None:
+    """The seed's ``proxy`` section (here over an Ollama target and drafter: Ollama cannot run
+    here, its wire double does) is accepted by ``tightwad proxy start`` and assembled exactly
+    as ``tightwad-gateway -c FILE`` assembles it: same routes, listen address, key; it serves."""
+    fake = FakeOllama()
+    server = serve(fake)
+    url = await anext(server)
+    port = _closed_port()
+    cfg_path = tmp_path / "seed.yaml"
+    cfg_path.write_text(
+        f"proxy:\n  host: 127.0.0.1\n  port: {port}\n  max_draft_tokens: 8\n"
+        f"  auth_token: {API_KEY}\n"
+        f"  draft:\n    url: {url}\n    model_name: toy\n    backend: ollama\n"
+        f"  target:\n    url: {url}\n    model_name: toy\n    backend: ollama\n",
+        encoding="utf-8",
     )
-    r = await tightwad(cli, "proxy", "start", "-c", str(cfg))
-    assert r.code == 1
-    assert "no route can be served" in r.err
-    assert "is an HTTP server: the gateway drives Tightwad engines over gRPC" in r.err
-    assert "model qwen3-72b needs the controller, which is not reachable" in r.err
+    cfg = load_config(cfg_path)
+    ns = gateway_main.build_parser().parse_args(["-c", str(cfg_path)])
+    ns.api_key = None  # as without $TIGHTWAD_API_KEY
+    by_gateway = await assemble(cfg, gateway_main.overrides(ns))
+    by_proxy = await build_proxy(cfg, {})
+    try:
+        assert by_proxy.route_names == by_gateway.route_names == ["toy"]
+        for stack in (by_proxy, by_gateway):
+            g = stack.gateway
+            assert (g.host, g.port, g.settings.api_key) == ("127.0.0.1", port, API_KEY)
+        assert listen_address(cfg) == ("127.0.0.1", port)
+        assert gateway_address(cfg, {}) == GatewayAddress(f"http://127.0.0.1:{port}", API_KEY)
+        base = await by_proxy.start()
+        assert base == f"http://127.0.0.1:{port}"
+        client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=API_KEY, max_retries=0)
+        async with client:
+            models = await client.models.list()
+            resp = await client.completions.create(
+                model="toy", prompt="story:", max_tokens=4, temperature=0
+            )
+        assert [m.id for m in models.data] == ["toy"]
+        assert resp.choices[0].text == continuation("story:", 4)[0]
+    finally:
+        await by_proxy.stop()
+        await by_gateway.stop()
+        await server.aclose()
 
 
 async def test_umbrella_wires_the_seed_verbs_in_a_process(cli: Cli) -> None:

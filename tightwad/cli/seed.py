@@ -6,7 +6,8 @@
 ``tightwad stop``            ``tightwadctl stop --all``
 ``tightwad swap MODEL``      ``tightwadctl swap MODEL`` (the running deployment)
 ``tightwad benchmark ...``   ``tightwadctl bench ...``
-``tightwad proxy start``     the gateway over the config's routes, in the foreground
+``tightwad proxy start``     the gateway over the config's routes, in the foreground (the
+                             same assembly as ``tightwad-gateway -c FILE``)
 ``tightwad proxy status``    ``GET {gateway}/v1/tightwad/status``, summarised
 ``tightwad proxy stop``      explains how a foreground / systemd gateway is stopped
 ===========================  ================================================================
@@ -28,29 +29,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import grpc
 
 from tightwad.cli import ctl
 from tightwad.cli._foreground import run_until_signal
-from tightwad.cli.client import ControllerClient
 from tightwad.cli.render import duration, table
 from tightwad.config import (
     CONFIG_ENV_VAR,
     DEFAULT_CONFIG_PATH,
     ClusterConfig,
-    Endpoint,
-    EngineAddress,
     ModelRef,
-    Route,
-    RouteTarget,
     load_config,
 )
-from tightwad.controller.domain import DeploymentState
 from tightwad.errors import TightwadError
-from tightwad.gateway.engine_client import EngineClient
-from tightwad.gateway.loop import RouteSpec
-from tightwad.gateway.server import GatewayServer, settings_from_config
-from tightwad.tls import channel_credentials
+from tightwad.gateway.assemble import Overrides, Stack, assemble, listen_address
 
 __all__ = ["SEED_COMMANDS", "add_seed_commands", "run_seed"]
 
@@ -158,22 +149,15 @@ class GatewayAddress:
 
 
 def gateway_address(cfg: ClusterConfig | None, env: Mapping[str, str]) -> GatewayAddress:
-    """Where the proxy listens: the seed's ``proxy`` section, else ``gateway``."""
+    """Where the proxy listens: the gateway's listen address (one rule, see
+    :func:`tightwad.gateway.assemble.listen_address`)."""
     if cfg is None:
         host, port, key = "127.0.0.1", 8088, None
-    elif cfg.proxy is not None:
-        host, port, key = cfg.proxy.host, cfg.proxy.port, cfg.proxy.auth_token
     else:
-        host, port, key = cfg.gateway.host, cfg.gateway.port, cfg.gateway.api_key
+        (host, port), key = listen_address(cfg), cfg.gateway.api_key
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
     return GatewayAddress(f"http://{host}:{port}", env.get(API_KEY_ENV_VAR) or key)
-
-
-def _listen(cfg: ClusterConfig) -> tuple[str, int]:
-    if cfg.proxy is not None:
-        return cfg.proxy.host, cfg.proxy.port
-    return cfg.gateway.host, cfg.gateway.port
 
 
 def _start_hint(config_path: str | None) -> str:
@@ -288,155 +272,36 @@ async def proxy_stop(args: argparse.Namespace) -> int:
     return _EXIT_ERROR
 
 
-# --- proxy start --------------------------------------------------------------------------
+# --- proxy start ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class EngineTarget:
-    """An engine the gateway can drive: agent address + model id ("" = its only engine)."""
-
-    address: str
-    model: str
-
-
-def _describe(target: RouteTarget) -> str:
-    if isinstance(target, ModelRef):
-        return f"model {target.name}"
-    if isinstance(target, EngineAddress):
-        return f"grpc://{target}"
-    return f"{target.backend} server {target.model_name} at {target.url}"
-
-
-def resolve_target(target: RouteTarget, served: Mapping[str, str] | None) -> EngineTarget | str:
-    """The engine behind ``target``, or why the gateway cannot drive it.
-
-    ``served`` maps a deployed model to its engine address (None: controller unreachable).
-    """
-    if isinstance(target, EngineAddress):
-        return EngineTarget(str(target), "")
-    if isinstance(target, ModelRef):
-        if served is None:
-            return f"{_describe(target)} needs the controller, which is not reachable"
-        address = served.get(target.name)
-        if address is None:
-            return f"{_describe(target)} is not served (`tightwad start -m {target.name}`)"
-        return EngineTarget(address, target.name)
-    assert isinstance(target, Endpoint)
-    return (
-        f"{_describe(target)} is an HTTP server: the gateway drives Tightwad engines over "
-        "gRPC (point the route at grpc://HOST:PORT, or deploy the model with `tightwad start`)"
+def proxy_overrides(cfg: ClusterConfig, env: Mapping[str, str]) -> Overrides:
+    """``tightwad proxy start``'s flags as overrides: only the API key from the environment.
+    Routes to models of the file follow the controller (``tightwad start`` deploys them)."""
+    needs_controller = any(
+        isinstance(t, ModelRef) for r in cfg.effective_routes() for t in (r.target, *r.drafters)
+    )
+    return Overrides(
+        api_key=env.get(API_KEY_ENV_VAR) or None,
+        controller=cfg.controller.dial_address if needs_controller else None,
     )
 
 
-@dataclass(frozen=True, slots=True)
-class RoutePlan:
-    """How one configured route will be served, or why it cannot be."""
-
-    route: Route
-    target: EngineTarget | None
-    drafters: tuple[EngineTarget, ...]
-    draft_mode: str
-    notes: tuple[str, ...]
-
-
-def plan_route(route: Route, served: Mapping[str, str] | None) -> RoutePlan:
-    target = resolve_target(route.target, served)
-    if isinstance(target, str):
-        return RoutePlan(route, None, (), "none", (f"route {route.name}: {target}",))
-    notes: list[str] = []
-    drafters: list[EngineTarget] = []
-    for d in route.drafters:
-        got = resolve_target(d, served)
-        if isinstance(got, str):
-            notes.append(f"route {route.name}: drafter {got}")
-        else:
-            drafters.append(got)
-    mode: str = route.draft
-    if mode in ("model", "hybrid") and not drafters:
-        notes.append(f"route {route.name}: no drafter can be driven, so drafting is off")
-        mode = "none" if mode == "model" else "prediction"
-    return RoutePlan(route, target, tuple(drafters), mode, tuple(notes))
-
-
-async def _served_models(cfg: ClusterConfig, env: Mapping[str, str]) -> dict[str, str] | None:
-    """Deployed models served by an engine, from the controller; None when unreachable."""
-    token = env.get(ctl.TOKEN_ENV_VAR) or cfg.cluster.token
-    try:
-        async with ControllerClient(
-            cfg.controller.dial_address,
-            token=token,
-            timeout=5.0,
-            credentials=channel_credentials(cfg.cluster.tls),
-        ) as client:
-            deps = await client.deployments()
-    except TightwadError:
-        return None
-    return {
-        d.spec.model: d.route.engine_address
-        for d in deps
-        if d.state is DeploymentState.SERVING and d.route and d.route.engine_address
-    }
-
-
-def _route_spec(
-    plan: RoutePlan, token: str | None, credentials: grpc.ChannelCredentials | None = None
-) -> RouteSpec:
-    assert plan.target is not None
-    target, drafters = plan.target, plan.drafters
-    return RouteSpec(
-        name=plan.route.name,
-        target=EngineClient(target.address, target.model, token=token, credentials=credentials),
-        draft_mode=plan.draft_mode,  # type: ignore[arg-type]
-        drafters=tuple(
-            EngineClient(d.address, d.model, token=token, credentials=credentials) for d in drafters
-        ),
-        max_draft_tokens=plan.route.max_draft_tokens,
-    )
-
-
-async def build_proxy(
-    cfg: ClusterConfig, env: Mapping[str, str]
-) -> tuple[GatewayServer, list[str]]:
-    """The gateway for the config's routes (not started) and notes on what was left out."""
-    routes = cfg.effective_routes()
-    if not routes:
-        raise TightwadError("the cluster file has no proxy, routes or models: nothing to serve")
-    needs_controller = any(isinstance(t, ModelRef) for r in routes for t in (r.target, *r.drafters))
-    served = await _served_models(cfg, env) if needs_controller else {}
-    plans = [plan_route(r, served) for r in routes]
-    notes = [n for p in plans for n in p.notes]
-    if served is None:
-        notes.append(_controller_hint(cfg.source))
-    usable = [p for p in plans if p.target is not None]
-    if not usable:
-        raise TightwadError("no route can be served:\n  " + "\n  ".join(notes))
-    token = cfg.cluster.token
-    key = env.get(API_KEY_ENV_VAR) or (cfg.proxy.auth_token if cfg.proxy else None)
-    host, port = _listen(cfg)
-    server = GatewayServer(
-        [_route_spec(p, token, channel_credentials(cfg.cluster.tls)) for p in usable],
-        settings_from_config(cfg, api_key=key),
-        host=host,
-        port=port,
-    )
-    return server, notes
+async def build_proxy(cfg: ClusterConfig, env: Mapping[str, str]) -> Stack:
+    """The stack ``tightwad proxy start`` serves (not started): the same as
+    ``tightwad-gateway -c FILE`` (:func:`tightwad.gateway.assemble.assemble`)."""
+    return await assemble(cfg, proxy_overrides(cfg, env))
 
 
 async def _serve_proxy(cfg: ClusterConfig) -> int:
-    server, notes = await build_proxy(cfg, os.environ)
-    for note in notes:
-        _say(note)
-    try:
-        await server.start()
-    except BaseException:
-        await server.stop()
-        raise
+    stack = await build_proxy(cfg, os.environ)
+    url = await stack.start()
+    names = ", ".join(sorted(stack.gateway.backends)) or "the controller's routes"
     print(
-        f"Tightwad proxy serving {', '.join(sorted(server.backends))} at {server.url}/v1\n"
-        f"Status: tightwad proxy status   Stop: Ctrl-C",
+        f"Tightwad proxy serving {names} at {url}/v1\nStatus: tightwad proxy status   Stop: Ctrl-C",
         flush=True,
     )
-    return await run_until_signal(server.stop, "tightwad proxy")
+    return await run_until_signal(stack.stop, "tightwad proxy")
 
 
 def proxy_start(args: argparse.Namespace) -> int:

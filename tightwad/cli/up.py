@@ -1,6 +1,8 @@
 """``tightwad up``: the whole stack on one host, in the foreground.
 
-Starts a local agent (the embedded llama.cpp engines on loopback gRPC) and the gateway over it,
+Turns its flags into a cluster file (one model, one route) and serves it the way
+``tightwad-gateway`` does (:func:`tightwad.gateway.assemble.assemble`): the embedded llama.cpp
+engines on loopback gRPC and the gateway over them;
 prints the URL and a working ``curl``, and runs until SIGINT/SIGTERM. Defaults: the fast test
 model (SmolLM2-135M, fetched into the cache) with n-gram drafting.
 """
@@ -9,18 +11,19 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tightwad.agent.server import AgentServer, AgentSettings
 from tightwad.cli._foreground import run_until_signal
-from tightwad.config import ClusterConfig, load_config
-from tightwad.engine.engine_config import EngineConfig
+from tightwad.config import (
+    DEFAULT_MAX_DRAFT_TOKENS,
+    DRAFT_MODES,
+    ClusterConfig,
+    config_from_mapping,
+    load_config,
+)
 from tightwad.errors import ConfigError, TightwadError
-from tightwad.gateway.api import GatewaySettings
-from tightwad.gateway.engine_client import EngineClient
-from tightwad.gateway.loop import DRAFT_MODES, RouteSpec
-from tightwad.gateway.server import GatewayServer, settings_from_config
+from tightwad.gateway.assemble import Overrides, Stack, assemble
 from tightwad.logs import get_logger
 
 __all__ = ["UpOptions", "add_up_arguments", "run_up"]
@@ -42,7 +45,7 @@ class UpOptions:
     api_key: str | None = None
     config: str | None = None
     pipeline: bool = False
-    max_draft_tokens: int = 64
+    max_draft_tokens: int = DEFAULT_MAX_DRAFT_TOKENS
 
 
 def add_up_arguments(p: argparse.ArgumentParser) -> None:
@@ -59,7 +62,7 @@ def add_up_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads per engine (0 = all)")
     p.add_argument("--ctx-size", type=int, default=4096, help="context per request")
     p.add_argument("--max-sessions", type=int, default=8, help="concurrent requests per model")
-    p.add_argument("--max-draft-tokens", type=int, default=64)
+    p.add_argument("--max-draft-tokens", type=int, default=DEFAULT_MAX_DRAFT_TOKENS)
     p.add_argument("--pipeline", action="store_true", help="draft round n+1 during verify n")
     p.add_argument("--api-key", default=os.environ.get("TIGHTWAD_API_KEY") or None)
     p.add_argument("-c", "--config", help="cluster YAML (gateway settings are taken from it)")
@@ -105,65 +108,41 @@ def _draft_mode(opts: UpOptions) -> tuple[str, Path | None]:
     return "model", path
 
 
-@dataclass
-class Stack:
-    agent: AgentServer
-    gateway: GatewayServer
-
-    async def stop(self) -> None:
-        await self.gateway.stop()
-        await self.agent.stop(grace=2.0)
+def up_config(opts: UpOptions, target: Path, draft: Path | None, mode: str) -> ClusterConfig:
+    """``tightwad up``'s flags as a cluster file: one model (+ its draft model), one route;
+    the gateway section (and cluster settings) of ``-c FILE`` when given."""
+    name = opts.model_name or (DEFAULT_MODEL if not opts.target else target.stem.lower())
+    engine: dict[str, object] = {"ctx_size": opts.ctx_size, "max_sessions": opts.max_sessions}
+    if opts.threads:
+        engine["threads"] = opts.threads
+    models: dict[str, object] = {name: {"path": str(target), "ctx_size": opts.ctx_size}}
+    route: dict[str, object] = {
+        "name": name,
+        "target": name,
+        "draft": mode,
+        "max_draft_tokens": opts.max_draft_tokens,
+        "pipeline": opts.pipeline,
+    }
+    if draft is not None:
+        models[f"{name}-draft"] = {"path": str(draft), "ctx_size": opts.ctx_size}
+        route["draft_model"] = f"{name}-draft"
+    cfg = config_from_mapping(
+        {"engine": engine, "models": models, "routes": [route]}, source="tightwad up"
+    )
+    if opts.config:
+        file = load_config(opts.config)
+        cfg = replace(cfg, gateway=file.gateway, cluster=file.cluster)
+    return cfg
 
 
 async def start_stack(opts: UpOptions) -> Stack:
-    """Start the agent and the gateway; returns once both serve (used by tests too)."""
-    cfg: ClusterConfig | None = load_config(opts.config) if opts.config else None
+    """Start the embedded engines and the gateway; returns once both serve."""
     target_path = _resolve_target(opts)
     mode, draft_path = _draft_mode(opts)
-    name = opts.model_name or (DEFAULT_MODEL if not opts.target else target_path.stem.lower())
-    engines = [
-        EngineConfig(
-            model_id=name,
-            path=target_path,
-            ctx_size=opts.ctx_size,
-            max_sessions=opts.max_sessions,
-            threads=opts.threads,
-        )
-    ]
-    if draft_path is not None:
-        engines.append(
-            EngineConfig(
-                model_id=f"{name}-draft",
-                path=draft_path,
-                ctx_size=opts.ctx_size,
-                max_sessions=opts.max_sessions,
-                threads=opts.threads,
-            )
-        )
-    agent = AgentServer(AgentSettings(listen="127.0.0.1:0", engines=tuple(engines)))
-    await agent.start()
-    try:
-        target = EngineClient(agent.address, name)
-        drafters = (EngineClient(agent.address, f"{name}-draft"),) if draft_path else ()
-        spec = RouteSpec(
-            name=name,
-            target=target,
-            draft_mode=mode,  # type: ignore[arg-type]
-            drafters=drafters,
-            pipeline=opts.pipeline,
-            max_draft_tokens=opts.max_draft_tokens,
-        )
-        settings = (
-            settings_from_config(cfg, api_key=opts.api_key)
-            if cfg is not None
-            else GatewaySettings(api_key=opts.api_key)
-        )
-        gateway = GatewayServer([spec], settings, host=opts.host, port=opts.port)
-        await gateway.start()
-    except BaseException:
-        await agent.stop(grace=0.5)
-        raise
-    return Stack(agent=agent, gateway=gateway)
+    cfg = up_config(opts, target_path, draft_path, mode)
+    stack = await assemble(cfg, Overrides(host=opts.host, port=opts.port, api_key=opts.api_key))
+    await stack.start()
+    return stack
 
 
 def _banner(stack: Stack, opts: UpOptions, name: str) -> str:

@@ -25,6 +25,7 @@ from tightwad.config._loader import (
     resolve_config_path,
 )
 from tightwad.config._schema import (
+    DEFAULT_MAX_DRAFT_TOKENS,
     DRAFT_MODES,
     HTTP_BACKENDS,
     AgentHost,
@@ -58,6 +59,7 @@ from tightwad.errors import ConfigError
 __all__ = [
     "CONFIG_ENV_VAR",
     "DEFAULT_CONFIG_PATH",
+    "DEFAULT_MAX_DRAFT_TOKENS",
     "DRAFT_MODES",
     "HTTP_BACKENDS",
     "AgentHost",

@@ -142,7 +142,7 @@ def _route_parser(models: Collection[str]) -> Parser[Route]:
         fields = read_section(doc, path, value, table)
         first = fields.pop("draft_model")
         drafters = (first, *fields.pop("drafters")) if first else fields.pop("drafters")
-        mode: DraftMode = fields.pop("draft") or ("model" if drafters else "none")
+        mode = fields.pop("draft") or (DraftMode.MODEL if drafters else DraftMode.NONE)
         _check_draft_mode(doc, path, mode, drafters)
         return Route(draft=mode, drafters=drafters, **fields)
 
@@ -150,6 +150,7 @@ def _route_parser(models: Collection[str]) -> Parser[Route]:
 
 
 def _check_draft_mode(doc: Document, path: str, mode: str, drafters: tuple[object, ...]) -> None:
+    mode = str(mode)  # the value, also in messages (a DraftMode's repr names the class)
     if mode in ("model", "hybrid") and not drafters:
         raise doc.error(
             join(path, "draft_model"),

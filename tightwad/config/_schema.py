@@ -32,6 +32,7 @@ built, and on every address an adapter dials (DNS-rebinding safe):
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,8 +43,10 @@ from typing import Literal
 from tightwad.url_policy import UrlPolicy
 
 __all__ = [
+    "DEFAULT_MAX_DRAFT_TOKENS",
     "DRAFT_MODES",
     "HTTP_BACKENDS",
+    "ROUTE_TUNING",
     "AgentHost",
     "AgentSettings",
     "AgentsConfig",
@@ -72,8 +75,31 @@ __all__ = [
 ]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-DraftMode = Literal["model", "ngram", "prediction", "hybrid", "none"]
-DRAFT_MODES: tuple[DraftMode, ...] = ("model", "ngram", "prediction", "hybrid", "none")
+
+
+class DraftMode(enum.StrEnum):
+    """What proposes a route's drafts (a ``str``: compares and serialises as its value)."""
+
+    MODEL = "model"  # the route's drafters (draft models)
+    NGRAM = "ngram"  # lookup in prompt + output so far
+    PREDICTION = "prediction"  # the request's OpenAI ``prediction``
+    HYBRID = "hybrid"  # prediction / n-gram when they match, drafters otherwise
+    NONE = "none"  # plain decoding
+
+
+DRAFT_MODES: tuple[DraftMode, ...] = tuple(DraftMode)
+#: Route keys passed to the loop as they are (RouteSpec fields of the same name)
+ROUTE_TUNING = (
+    "pipeline",
+    "adaptive",
+    "ngram_max_n",
+    "copy_min_match",
+    "draft_timeout_s",
+    "target_timeout_s",
+    "drafter_cooldown_s",
+)
+#: the upper bound on one round's draft when neither the file nor a flag says otherwise
+DEFAULT_MAX_DRAFT_TOKENS = 64
 HttpBackend = Literal["llamacpp", "ollama", "openai"]
 HTTP_BACKENDS: tuple[HttpBackend, ...] = ("llamacpp", "ollama", "openai")
 FlashAttn = Literal["on", "off", "auto"]
@@ -214,8 +240,8 @@ class ProxyConfig:
     target: Endpoint
     host: str = "0.0.0.0"
     port: int = 8088
-    max_draft_tokens: int = 8
-    fallback_on_draft_failure: bool = True
+    max_draft_tokens: int = 8  # the seed's own default, kept for seed files
+    fallback_on_draft_failure: bool = True  # always true: a failed drafter never fails a request
     drafters: tuple[Endpoint, ...] = ()
     auth_token: str | None = field(default=None, repr=False)
 
@@ -367,17 +393,32 @@ class Route:
     ``drafters`` are tried fastest-healthy-first; ``draft`` picks the proposer: ``model`` (the
     drafters), ``ngram`` (lookup in prompt + output), ``prediction`` (the request's OpenAI
     ``prediction``), ``hybrid`` (prediction/n-gram when they match, drafters otherwise),
-    ``none`` (plain decoding). ``max_concurrency``/``queue_size`` None: gateway defaults.
+    ``none`` (plain decoding). ``max_concurrency``/``queue_size``: this route's own limits
+    (None: the gateway's). ``fallback_on_draft_failure`` is always true (a failed drafter
+    never fails a request; the file refuses false).
     """
 
     name: str
     target: RouteTarget
-    draft: DraftMode = "none"
+    draft: DraftMode = DraftMode.NONE
     drafters: tuple[RouteTarget, ...] = ()
-    max_draft_tokens: int = 64
+    max_draft_tokens: int = DEFAULT_MAX_DRAFT_TOKENS
     fallback_on_draft_failure: bool = True
     max_concurrency: int | None = None
     queue_size: int | None = None
+    # The loop's tuning (None: the loop's own default, tightwad.gateway.loop.RouteSpec).
+    pipeline: bool | None = None
+    adaptive: bool | None = None
+    ngram_max_n: int | None = None
+    copy_min_match: int | None = None
+    draft_timeout_s: float | None = None
+    target_timeout_s: float | None = None
+    drafter_cooldown_s: float | None = None
+
+    def tuning(self) -> dict[str, object]:
+        """The loop settings this route sets (RouteSpec keyword arguments)."""
+        names = ROUTE_TUNING
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     @property
     def draft_model(self) -> RouteTarget | None:
@@ -462,7 +503,7 @@ def _proxy_route(proxy: ProxyConfig) -> Route:
     return Route(
         name=proxy.target.model_name,
         target=proxy.target,
-        draft="model",
+        draft=DraftMode.MODEL,
         drafters=(proxy.draft, *proxy.drafters),
         max_draft_tokens=proxy.max_draft_tokens,
         fallback_on_draft_failure=proxy.fallback_on_draft_failure,

@@ -35,6 +35,7 @@ from tightwad.config._fields import (
     suggest,
 )
 from tightwad.config._schema import (
+    DEFAULT_MAX_DRAFT_TOKENS,
     DRAFT_MODES,
     AgentHost,
     AgentsConfig,
@@ -101,6 +102,18 @@ def _flash_attn(doc: Document, path: str, value: object) -> str:
     return parse(doc, path, value)
 
 
+def _always_true(doc: Document, path: str, value: object) -> bool:
+    """``fallback_on_draft_failure``: the gateway always serves plainly when drafters fail."""
+    if boolean(doc, path, value) is not True:
+        raise doc.error(
+            path,
+            "only true is supported: a failed or slow drafter never fails a request, the "
+            "route decodes plainly until the drafter is healthy again (remove the key or "
+            "set it to true)",
+        )
+    return True
+
+
 def version(doc: Document, path: str, value: object) -> int:
     number_ = integer()(doc, path, value)
     if number_ != SUPPORTED_VERSION:
@@ -153,7 +166,7 @@ PROXY = {
     "host": Field(host, "0.0.0.0"),
     "port": Field(port, 8088),
     "max_draft_tokens": Field(integer(1, 256), 8),
-    "fallback_on_draft_failure": Field(boolean, True),
+    "fallback_on_draft_failure": Field(_always_true, True),
     "draft": Field(_endpoint, REQUIRED),
     "target": Field(_endpoint, REQUIRED),
     "drafters": Field(list_of(_endpoint), ()),
@@ -267,13 +280,20 @@ def route_table(models: Collection[str]) -> dict[str, Field]:
     return {
         "name": Field(string, REQUIRED),
         "target": Field(ref, REQUIRED),
-        "draft": Field(choice({m: m for m in DRAFT_MODES})),
+        "draft": Field(choice({m.value: m for m in DRAFT_MODES})),
         "draft_model": Field(ref),
         "drafters": Field(list_of(ref), ()),
-        "max_draft_tokens": Field(integer(1, 256), 64),
-        "fallback_on_draft_failure": Field(boolean, True),
+        "max_draft_tokens": Field(integer(1, 256), DEFAULT_MAX_DRAFT_TOKENS),
+        "fallback_on_draft_failure": Field(_always_true, True),
         "max_concurrency": Field(integer(1)),
         "queue_size": Field(integer(0)),
+        "pipeline": Field(boolean),
+        "adaptive": Field(boolean),
+        "ngram_max_n": Field(integer(1, 64)),
+        "copy_min_match": Field(integer(1, 256)),
+        "draft_timeout_s": Field(number(positive=True)),
+        "target_timeout_s": Field(number(positive=True)),
+        "drafter_cooldown_s": Field(number(0)),
     }
 
 

@@ -5,13 +5,14 @@
 
 Routes come from the file (``routes``, else the seed's ``proxy``, else one plain route per
 model; with a controller, ``--controller`` or ``controller.address``, the routes it publishes,
-followed live): see :mod:`tightwad.gateway.routes`. Listen address and API key: the flags, else the
-``gateway`` section (for a seed file with only a ``proxy`` section, its host, port and
-``auth_token``). Prints ``tightwad-gateway listening on URL`` once it serves; SIGINT/SIGTERM
-stop it gracefully: the port closes (new requests are refused), requests in flight get
-``cluster.drain_timeout_s`` to finish, then engine sessions are ended and embedded engines
-closed; exit 0. A bad file exits 2 with the key path and the reason; any other start failure
-exits 1.
+followed live): see :mod:`tightwad.gateway.routes`; assembled by
+:func:`tightwad.gateway.assemble.assemble`, as ``tightwad proxy start`` does. Listen address and
+API key: the flags, else the ``gateway`` section (whose host, port and api_key default to the
+seed ``proxy`` section's host, port and ``auth_token``). Prints ``tightwad-gateway listening
+on URL`` once it serves; SIGINT/SIGTERM stop it gracefully: the port closes (new requests
+are refused), requests in flight get ``cluster.drain_timeout_s`` to finish, then engine
+sessions are ended and embedded engines closed; exit 0. A bad file exits 2 with the key path
+and the reason; any other start failure exits 1.
 """
 
 from __future__ import annotations
@@ -24,11 +25,10 @@ import sys
 from collections.abc import Sequence
 
 import tightwad
-from tightwad.config import ClusterConfig, GatewayConfig, load_config
+from tightwad.config import ClusterConfig, load_config
 from tightwad.errors import ConfigError, TightwadError
-from tightwad.gateway.server import GatewayServer, settings_from_config
+from tightwad.gateway.assemble import Overrides, Stack, assemble
 from tightwad.logs import configure_logging, get_logger
-from tightwad.tls import channel_credentials
 
 __all__ = ["build_parser", "main"]
 
@@ -59,49 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def listen_address(cfg: ClusterConfig, ns: argparse.Namespace) -> tuple[str, int]:
-    host, port = cfg.gateway.host, cfg.gateway.port
-    seed_only = cfg.proxy is not None and not cfg.routes and cfg.gateway == GatewayConfig()
-    if seed_only and cfg.proxy is not None:
-        host, port = cfg.proxy.host, cfg.proxy.port
-    return (ns.host or host, ns.port if ns.port is not None else port)
-
-
-def _api_key(cfg: ClusterConfig, ns: argparse.Namespace) -> str | None:
-    if ns.api_key:
-        return str(ns.api_key)
-    if cfg.gateway.api_key:
-        return cfg.gateway.api_key
-    return cfg.proxy.auth_token if cfg.proxy is not None else None
+def overrides(ns: argparse.Namespace) -> Overrides:
+    """The flags, as overrides of the file (see :mod:`tightwad.gateway.assemble`)."""
+    return Overrides(
+        host=ns.host, port=ns.port, api_key=ns.api_key or None, controller=ns.controller
+    )
 
 
 async def serve(cfg: ClusterConfig, ns: argparse.Namespace) -> int:
     """Run until SIGINT/SIGTERM, then stop gracefully. Returns the exit status."""
-    from tightwad.gateway.routes import build_routes
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    host, port = listen_address(cfg, ns)
-    built = None
-    gateway: GatewayServer | None = None
+    stack: Stack | None = None
     try:
-        controller = ns.controller or cfg.controller.address
-        built = await build_routes(cfg, controller=bool(controller))
-        settings = settings_from_config(cfg, api_key=_api_key(cfg, ns))
-        gateway = GatewayServer(
-            built.specs,
-            settings,
-            host=host,
-            port=port,
-            drain_timeout_s=cfg.cluster.drain_timeout_s,
-            controller=controller,
-            token=cfg.cluster.token,
-            credentials=channel_credentials(cfg.cluster.tls) if controller else None,
-            passthrough=built.backends,
-        )
-        start = asyncio.ensure_future(gateway.start())
+        stack = await assemble(cfg, overrides(ns))
+        start = asyncio.ensure_future(stack.gateway.start())
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait({start, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if not start.done():
@@ -111,9 +85,8 @@ async def serve(cfg: ClusterConfig, ns: argparse.Namespace) -> int:
         stopped.cancel()
         url = start.result()
         print(f"tightwad-gateway listening on {url}", flush=True)
-        for name in [*(spec.name for spec in built.specs), *built.backends]:
-            backend = gateway.backends[name]
-            info = backend.info()
+        for name in stack.route_names:
+            info = stack.gateway.backends[name].info()
             print(
                 f"  route {name!r}: target {info.target} (draft: {info.draft_mode})",
                 flush=True,
@@ -121,10 +94,8 @@ async def serve(cfg: ClusterConfig, ns: argparse.Namespace) -> int:
         await stop.wait()
         log.info("gateway_draining", deadline_s=cfg.cluster.drain_timeout_s)
     finally:
-        if gateway is not None:
-            await gateway.stop()
-        if built is not None:
-            await built.close()
+        if stack is not None:
+            await stack.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     return 0

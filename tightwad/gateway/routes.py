@@ -320,6 +320,7 @@ async def build_routes(cfg: ClusterConfig, *, controller: bool = False) -> Built
                     drafters=dclients,
                     text_drafters=text_drafters,
                     max_draft_tokens=route.max_draft_tokens,
+                    **route.tuning(),  # type: ignore[arg-type]
                 )
             )
     except BaseException:

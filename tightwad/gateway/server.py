@@ -22,7 +22,7 @@ from tightwad.logs import get_logger
 if TYPE_CHECKING:
     from tightwad.gateway.routes import ControllerRoutes, WatchSettings
 
-__all__ = ["GatewayServer", "settings_from_config"]
+__all__ = ["GatewayServer", "RouteLimits", "route_limits", "settings_from_config"]
 
 log = get_logger("tightwad.gateway")
 
@@ -41,6 +41,24 @@ def settings_from_config(cfg: ClusterConfig, *, api_key: str | None = None) -> G
     )
 
 
+@dataclass(frozen=True, slots=True)
+class RouteLimits:
+    """One route's own limits (a route's ``max_concurrency`` / ``queue_size`` in the file);
+    None: the gateway's (``GatewaySettings.max_concurrency`` / ``max_queue``)."""
+
+    max_concurrency: int | None = None
+    max_queue: int | None = None
+
+
+def route_limits(cfg: ClusterConfig) -> dict[str, RouteLimits]:
+    """The routes of ``cfg`` that set their own limits, by name."""
+    return {
+        r.name: RouteLimits(r.max_concurrency, r.queue_size)
+        for r in cfg.effective_routes()
+        if r.max_concurrency is not None or r.queue_size is not None
+    }
+
+
 @dataclass
 class GatewayServer:
     """Routes + settings served on host:port. ``start`` -> base URL; ``stop`` closes all.
@@ -52,6 +70,8 @@ class GatewayServer:
     With ``controller`` (its ``host:port``), the routes it publishes are followed live
     (:class:`tightwad.gateway.routes.ControllerRoutes`, with ``token``/``credentials``): the
     route table (``put``/``remove``) changes under the running app; ``specs`` stay static.
+
+    ``limits``: routes with their own concurrency / queue limits (the rest get the settings').
     """
 
     specs: Sequence[RouteSpec]
@@ -66,6 +86,7 @@ class GatewayServer:
     # Routes that are not speculative loops (a text-only target: passthrough.py), by name;
     # started with the rest, closed by whoever built them (BuiltRoutes.close).
     passthrough: Mapping[str, Any] = field(default_factory=dict)
+    limits: Mapping[str, RouteLimits] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._static: dict[str, Any] = {s.name: SpecBackend(s) for s in self.specs}
@@ -85,8 +106,15 @@ class GatewayServer:
         backend they started with). A route's queue limits outlive a replacement."""
         self.backends[name] = backend
         if name not in self._limiters:
-            s = self.settings
-            self._limiters[name] = RouteLimiter(name, s.max_concurrency, s.max_queue)
+            self._limiters[name] = self._limiter(name)
+
+    def _limiter(self, name: str) -> RouteLimiter:
+        own, s = self.limits.get(name, RouteLimits()), self.settings
+        return RouteLimiter(
+            name,
+            own.max_concurrency if own.max_concurrency is not None else s.max_concurrency,
+            own.max_queue if own.max_queue is not None else s.max_queue,
+        )
 
     def remove(self, name: str) -> None:
         """Stop serving ``name``: the API answers 404 ``model_not_found`` for it."""
@@ -98,6 +126,8 @@ class GatewayServer:
             await backend.start()
         app = create_app(self.backends, self.settings)
         self._limiters = app[GATEWAY].limiters
+        for name in self._limiters:  # in place: the status page pairs routes and limiters
+            self._limiters[name] = self._limiter(name)
         # keepalive_timeout also bounds a client that never finishes its headers (slow-loris).
         runner = web.AppRunner(
             app,
