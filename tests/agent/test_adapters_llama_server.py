@@ -22,7 +22,7 @@ from support import assert_equal_or_near_tie
 from tightwad.agent.server import AgentServer, AgentSettings
 from tightwad.engine.adapters.base import AdapterConfig
 from tightwad.engine.adapters.llama_server import LlamaServerEngine
-from tightwad.engine.contract import Message
+from tightwad.engine.contract import DraftEnd, DraftStep, DraftStop, Message
 from tightwad.engine.engine_config import EngineConfig
 from tightwad.engine.llama_engine import Engine
 from tightwad.errors import InvalidRequestError
@@ -205,13 +205,14 @@ async def test_drafting_returns_k_greedy_tokens(
     prompt = await embedded.tokenize(PROMPTS[0], add_special=True, parse_special=True)
     ref, gaps = await _reference(embedded, prompt, 12)
     s, _, _ = await adapter.open_session(prompt, GREEDY)
-    steps = [st async for st in s.draft(6, keep=len(prompt), append=[])]
-    assert len(steps) == 6 and s.last_draft_stop == "length"
+    items = [st async for st in s.draft(6, keep=len(prompt), append=[])]
+    steps = [st for st in items if isinstance(st, DraftStep)]
+    assert len(steps) == 6 and items[-1] == DraftEnd(DraftStop.LENGTH)
     assert all(st.q is None and 0.0 < st.prob <= 1.0 for st in steps)
     assert_equal_or_near_tie(ref[:6], [st.token_id for st in steps], gaps, what="draft")
     # Re-align as the gateway does: keep the prompt + the first 2, append the target's token.
-    steps = [st async for st in s.draft(4, keep=len(prompt) + 2, append=[ref[2]])]
-    assert len(steps) == 4
+    items = [st async for st in s.draft(4, keep=len(prompt) + 2, append=[ref[2]])]
+    assert len(items) == 5 and isinstance(items[-1], DraftEnd)
     assert s.tokens[: len(prompt) + 3] == [*prompt, *ref[:3]]
     s.release()
 
@@ -221,7 +222,8 @@ async def test_sampled_draft_reports_the_distribution_it_drew_from(
 ) -> None:
     prompt = await adapter.tokenize(PROMPTS[2], add_special=True, parse_special=True)
     s, _, _ = await adapter.open_session(prompt, SamplingConfig(temperature=0.9), seed=7)
-    steps = [st async for st in s.draft(4, keep=len(prompt), append=[], top_m=8)]
+    items = [st async for st in s.draft(4, keep=len(prompt), append=[], top_m=8)]
+    steps = [st for st in items if isinstance(st, DraftStep)]
     s.release()
     assert len(steps) == 4
     for st in steps:

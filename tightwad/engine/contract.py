@@ -8,22 +8,34 @@ engine's :class:`~tightwad.engine.contract.EngineInfo` says honestly what it can
 
 A session that cannot verify in one pass refuses ``verify`` with a non-empty draft
 (:class:`~tightwad.errors.InvalidRequestError`); ``verify([])`` is always one plain step.
+
+A session opened with a grammar (``open_session(..., grammar=spec)``) emits only tokens the
+grammar allows, in ``generate`` and ``verify`` alike: every row is masked by the grammar's
+state after the tokens before it, before the sampling chain. An engine that cannot constrain
+its output refuses such an open (:class:`~tightwad.errors.InvalidRequestError`).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from tightwad.spec.sampling import SamplingConfig, SparseDist
 
+if TYPE_CHECKING:
+    from tightwad.engine.grammar import GrammarSpec
+
 __all__ = [
+    "DraftEnd",
     "DraftStep",
+    "DraftStop",
     "EngineConfigLike",
     "EngineInfo",
     "EngineLike",
+    "GenerateStop",
     "Message",
     "SessionLike",
     "TokenLogprob",
@@ -33,9 +45,14 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Message:
+    """A chat message. ``tool_calls_json`` is an assistant message's tool calls as OpenAI's JSON
+    array; ``tool_call_id`` the call a ``tool`` message answers (both empty otherwise)."""
+
     role: str
     content: str
     name: str = ""
+    tool_calls_json: str = ""
+    tool_call_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +88,41 @@ class TokenLogprob:
     top: tuple[tuple[int, float], ...]
 
 
+class GenerateStop(StrEnum):
+    """Why a Generate ended (the wire's GenerateStop)."""
+
+    LENGTH = "length"
+    EOG = "eog"
+    TOKEN = "token"
+    CONTEXT_FULL = "context_full"
+    # The grammar is complete: nothing but an end-of-generation token may follow.
+    GRAMMAR = "grammar"
+
+
+class DraftStop(StrEnum):
+    """Why a Draft ended (the wire's DraftStop)."""
+
+    LENGTH = "length"
+    LOW_CONFIDENCE = "low_confidence"
+    EOG = "eog"
+    CONTEXT_FULL = "context_full"
+
+
 @dataclass(frozen=True, slots=True)
 class VerifyResult:
+    """One Verify round. Under a grammar: ``grammar_valid`` draft tokens were allowed (the
+    draft was cut at the first token it forbids, before verification), ``forced`` are the
+    tokens the grammar forces after ``next_token``, and ``grammar_done`` says the grammar is
+    complete after ``next_token``. Without a grammar they are ``len(draft)``, ``()``, False."""
+
     accepted: int
     next_token: int
     logprobs: tuple[TokenLogprob, ...]
     verify_ms: float
     n_tokens: int
+    grammar_valid: int = 0
+    forced: tuple[int, ...] = ()
+    grammar_done: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +130,13 @@ class DraftStep:
     token_id: int
     prob: float
     q: SparseDist | None
+
+
+@dataclass(frozen=True, slots=True)
+class DraftEnd:
+    """The last item of every ``draft`` iteration: why the draft ended."""
+
+    stop: DraftStop
 
 
 class EngineConfigLike(Protocol):
@@ -105,7 +157,6 @@ class SessionLike(Protocol):
     """One request's sequence. ``tokens`` is the prompt plus everything committed or drafted."""
 
     tokens: list[int]
-    last_draft_stop: str
 
     async def verify(
         self, draft: Sequence[int], q: Sequence[SparseDist] | None = None
@@ -113,7 +164,11 @@ class SessionLike(Protocol):
 
     def generate(
         self, n: int, stop_tokens: Sequence[int] = (), *, ignore_eos: bool = False
-    ) -> AsyncIterator[tuple[int, TokenLogprob | None, str | None]]: ...
+    ) -> AsyncIterator[tuple[int, TokenLogprob | None, GenerateStop | None]]: ...
+
+    async def forced(self) -> tuple[int, ...]:
+        """The tokens the session's grammar forces next (empty without a grammar)."""
+        ...
 
     def draft(
         self,
@@ -123,7 +178,9 @@ class SessionLike(Protocol):
         append: Sequence[int],
         min_confidence: float = 0.0,
         top_m: int = 0,
-    ) -> AsyncIterator[DraftStep]: ...
+    ) -> AsyncIterator[DraftStep | DraftEnd]:
+        """Yields the proposed tokens, then one :class:`DraftEnd`."""
+        ...
 
     async def rewind(self, keep: int) -> int: ...
 
@@ -153,8 +210,12 @@ class EngineLike(Protocol):
     async def detokenize(self, tokens: Sequence[int], *, render_special: bool) -> bytes: ...
 
     async def render_chat(
-        self, messages: Sequence[Message], *, add_generation_prompt: bool
-    ) -> tuple[str, list[int]]: ...
+        self, messages: Sequence[Message], *, add_generation_prompt: bool, tools_json: str = ""
+    ) -> tuple[str, list[int]]:
+        """Render with the model's own template; ``tools_json`` (OpenAI's tools array as JSON,
+        empty = none) is the template's ``tools`` variable. An engine that cannot render
+        tools refuses a non-empty one (InvalidRequestError)."""
+        ...
 
     async def open_session(
         self,
@@ -164,6 +225,7 @@ class EngineLike(Protocol):
         seed: int | None = None,
         top_logprobs: int = 0,
         logprobs: bool = False,
+        grammar: GrammarSpec | None = None,
     ) -> tuple[SessionLike, int, float]: ...
 
     async def close(self) -> None: ...

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from tightwad.engine.contract import EngineInfo, Message, TokenLogprob
 from tightwad.v1 import common_pb2, engine_pb2
 
-__all__ = ["info_to_pb", "logprob_to_pb", "messages_from_pb"]
+if TYPE_CHECKING:
+    from tightwad.engine.grammar import GrammarSpec
+
+__all__ = ["grammar_from_pb", "info_to_pb", "logprob_to_pb", "messages_from_pb"]
 
 _KINDS: dict[str, engine_pb2.EngineKind.ValueType] = {
     "embedded": engine_pb2.ENGINE_KIND_EMBEDDED,
@@ -26,7 +30,25 @@ def logprob_to_pb(lp: TokenLogprob) -> common_pb2.TokenLogprob:
 
 
 def messages_from_pb(msgs: Iterable[engine_pb2.ChatMessage]) -> list[Message]:
-    return [Message(role=m.role, content=m.content, name=m.name) for m in msgs]
+    return [
+        Message(
+            role=m.role,
+            content=m.content,
+            name=m.name,
+            tool_calls_json=m.tool_calls_json,
+            tool_call_id=m.tool_call_id,
+        )
+        for m in msgs
+    ]
+
+
+def grammar_from_pb(cmd: engine_pb2.OpenCommand) -> GrammarSpec | None:
+    """The session's grammar (unset = unconstrained); a bad kind is an InvalidRequestError."""
+    if not cmd.HasField("grammar"):
+        return None
+    from tightwad.engine.grammar import GrammarSpec
+
+    return GrammarSpec(cmd.grammar.kind, cmd.grammar.source)  # type: ignore[arg-type]
 
 
 def info_to_pb(info: EngineInfo) -> engine_pb2.InfoResponse:

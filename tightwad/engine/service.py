@@ -14,23 +14,25 @@ import grpc
 
 from tightwad.engine import engine_wire as convert
 from tightwad.engine import spec_wire as wire
-from tightwad.engine.contract import EngineLike, SessionLike
+from tightwad.engine.contract import DraftEnd, DraftStop, EngineLike, GenerateStop, SessionLike
+from tightwad.engine.grammar import check_grammar
 from tightwad.errors import InvalidRequestError, NotFoundError
 from tightwad.v1 import engine_pb2, engine_pb2_grpc
 
 __all__ = ["EngineRegistry", "EngineServicer"]
 
 _DRAFT_STOP = {
-    "length": engine_pb2.DRAFT_STOP_LENGTH,
-    "low_confidence": engine_pb2.DRAFT_STOP_LOW_CONFIDENCE,
-    "eog": engine_pb2.DRAFT_STOP_EOG,
-    "context_full": engine_pb2.DRAFT_STOP_CONTEXT_FULL,
+    DraftStop.LENGTH: engine_pb2.DRAFT_STOP_LENGTH,
+    DraftStop.LOW_CONFIDENCE: engine_pb2.DRAFT_STOP_LOW_CONFIDENCE,
+    DraftStop.EOG: engine_pb2.DRAFT_STOP_EOG,
+    DraftStop.CONTEXT_FULL: engine_pb2.DRAFT_STOP_CONTEXT_FULL,
 }
 _GEN_STOP = {
-    "length": engine_pb2.GENERATE_STOP_LENGTH,
-    "eog": engine_pb2.GENERATE_STOP_EOG,
-    "token": engine_pb2.GENERATE_STOP_TOKEN,
-    "context_full": engine_pb2.GENERATE_STOP_CONTEXT_FULL,
+    GenerateStop.LENGTH: engine_pb2.GENERATE_STOP_LENGTH,
+    GenerateStop.EOG: engine_pb2.GENERATE_STOP_EOG,
+    GenerateStop.TOKEN: engine_pb2.GENERATE_STOP_TOKEN,
+    GenerateStop.CONTEXT_FULL: engine_pb2.GENERATE_STOP_CONTEXT_FULL,
+    GenerateStop.GRAMMAR: engine_pb2.GENERATE_STOP_GRAMMAR,
 }
 
 
@@ -115,6 +117,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         text, tokens = await engine.render_chat(
             convert.messages_from_pb(request.messages),
             add_generation_prompt=request.add_generation_prompt,
+            tools_json=request.tools_json,
         )
         return engine_pb2.RenderChatResponse(text=text, token_ids=tokens)
 
@@ -159,12 +162,21 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             _, prompt = await engine.render_chat(
                 convert.messages_from_pb(cmd.chat.messages),
                 add_generation_prompt=cmd.chat.add_generation_prompt,
+                tools_json=cmd.chat.tools_json,
             )
         else:
             raise InvalidRequestError("open needs a prompt: tokens, text or chat")
         sampling, seed = wire.sampling_from_pb(cmd.sampling)
+        grammar = convert.grammar_from_pb(cmd)
+        if grammar is not None:
+            check_grammar(grammar, param="grammar")
         session, cached, ms = await engine.open_session(
-            prompt, sampling, seed=seed, top_logprobs=cmd.top_logprobs, logprobs=cmd.logprobs
+            prompt,
+            sampling,
+            seed=seed,
+            top_logprobs=cmd.top_logprobs,
+            logprobs=cmd.logprobs,
+            grammar=grammar,
         )
         return session, engine_pb2.OpenedEvent(
             prompt_tokens=len(prompt),
@@ -191,6 +203,9 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
                     logprobs=[convert.logprob_to_pb(lp) for lp in res.logprobs],
                     verify_ms=res.verify_ms,
                     n_tokens=res.n_tokens,
+                    grammar_valid=res.grammar_valid,
+                    forced_token_ids=res.forced,
+                    grammar_done=res.grammar_done,
                 ),
             )
         elif kind == "draft":
@@ -198,6 +213,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
 
             t0 = time.perf_counter()
             count = 0
+            stop = DraftStop.LENGTH
             async for step in session.draft(
                 d.k,
                 keep=d.keep,
@@ -205,6 +221,9 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
                 min_confidence=d.min_confidence,
                 top_m=d.top_m,
             ):
+                if isinstance(step, DraftEnd):
+                    stop = step.stop
+                    continue
                 count += 1
                 yield engine_pb2.SessionResponse(
                     seq=seq,
@@ -218,7 +237,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
                 seq=seq,
                 draft_done=engine_pb2.DraftDoneEvent(
                     count=count,
-                    stop=_DRAFT_STOP[session.last_draft_stop],
+                    stop=_DRAFT_STOP[stop],
                     draft_ms=(time.perf_counter() - t0) * 1000.0,
                     n_tokens=len(session.tokens),
                 ),
@@ -228,7 +247,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
 
             t0 = time.perf_counter()
             count = 0
-            stop = "length"
+            why_end = GenerateStop.LENGTH
             async for tok, lp, why in session.generate(
                 g.n, list(g.stop_token_ids), ignore_eos=g.ignore_eos
             ):
@@ -242,14 +261,15 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
                         ),
                     )
                 if why is not None:
-                    stop = why
+                    why_end = GenerateStop(why)
             yield engine_pb2.SessionResponse(
                 seq=seq,
                 generate_done=engine_pb2.GenerateDoneEvent(
                     count=count,
-                    stop=_GEN_STOP[stop],
+                    stop=_GEN_STOP[why_end],
                     generate_ms=(time.perf_counter() - t0) * 1000.0,
                     n_tokens=len(session.tokens),
+                    forced_token_ids=await session.forced(),
                 ),
             )
         elif kind == "rewind":

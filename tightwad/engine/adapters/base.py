@@ -21,13 +21,23 @@ import struct
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
+from tightwad.engine import session_rules as rules
 from tightwad.engine.adapters.http import HttpClient
-from tightwad.engine.contract import DraftStep, EngineInfo, Message, TokenLogprob, VerifyResult
-from tightwad.engine.llama_engine import check_open, check_tokens
+from tightwad.engine.contract import (
+    DraftEnd,
+    DraftStep,
+    DraftStop,
+    EngineInfo,
+    GenerateStop,
+    Message,
+    TokenLogprob,
+    VerifyResult,
+)
+from tightwad.engine.session_rules import check_open, check_tokens
 from tightwad.errors import (
     ContextLengthError,
     InvalidRequestError,
@@ -38,6 +48,9 @@ from tightwad.logs import get_logger
 from tightwad.spec.sampling import SamplingConfig, SparseDist
 from tightwad.url_policy import UrlPolicy
 
+if TYPE_CHECKING:
+    from tightwad.engine.grammar import GrammarSpec
+
 __all__ = [
     "EOG_TEXTS",
     "AdapterConfig",
@@ -47,6 +60,7 @@ __all__ = [
     "StreamRequest",
     "StreamedToken",
     "pieces_fingerprint",
+    "refuse_tools",
 ]
 
 log = get_logger("tightwad.adapters")
@@ -84,6 +98,17 @@ EOG_TEXTS = frozenset(
         "<|file_sep|>",
     }
 )
+
+
+def refuse_tools(model_id: str, kind: str, tools_json: str, messages: Sequence[Message]) -> None:
+    """HTTP adapters render no tools nor tool-call history (their servers' templates are out
+    of our reach): say so rather than drop them."""
+    if tools_json or any(m.tool_calls_json or m.tool_call_id for m in messages):
+        raise InvalidRequestError(
+            f"model {model_id} is served by a {kind} server, whose chat template Tightwad "
+            "cannot render tools with; serve it from an embedded engine",
+            param="tools",
+        )
 
 
 def pieces_fingerprint(
@@ -300,7 +325,7 @@ class HttpEngine(abc.ABC):
 
     @abc.abstractmethod
     async def render_chat(
-        self, messages: Sequence[Message], *, add_generation_prompt: bool
+        self, messages: Sequence[Message], *, add_generation_prompt: bool, tools_json: str = ""
     ) -> tuple[str, list[int]]:
         """Provided by each adapter (the server's template, or the model's own)."""
 
@@ -330,8 +355,14 @@ class HttpEngine(abc.ABC):
         seed: int | None = None,
         top_logprobs: int = 0,
         logprobs: bool = False,
+        grammar: GrammarSpec | None = None,
     ) -> tuple[HttpSession, int, float]:
         check_open(prompt, sampling, n_vocab=self.facts.n_vocab, ctx_size=self._cfg.ctx_size)
+        if grammar is not None:
+            raise InvalidRequestError(
+                f"engine {self._cfg.model_id} ({self.kind}) cannot constrain its output with "
+                "a grammar; serve this route from an embedded engine"
+            )
         if self._live >= self._cfg.max_sessions:
             raise OverloadedError(
                 f"engine {self._cfg.model_id} has {self._live} live sessions; retry later"
@@ -413,16 +444,11 @@ class HttpSession:
         self.top_logprobs = top_logprobs
         self.logprobs = logprobs
         self.closed = False
-        self.last_draft_stop = "length"
         self._ahead: _ReadAhead | None = None
 
     @property
     def room(self) -> int:
         return self._e.cfg.ctx_size - len(self.tokens)
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise InvalidRequestError("the session is closed")
 
     def _next_seed(self) -> int | None:
         """A fresh seed per server request, derived from the session's own seed, so sampled
@@ -479,17 +505,13 @@ class HttpSession:
     ) -> VerifyResult:
         """``verify([])`` is one plain step; a non-empty draft needs an engine that can
         verify in one pass (else InvalidRequestError)."""
-        self._check_open()
+        rules.check_live(self.closed)
         t0 = time.perf_counter()
         if draft:
-            self._e._check_tokens(draft)
-            if self.room <= 0:
-                raise ContextLengthError("the session's context is full")
+            cut, _ = rules.verify_draft(draft, q, room=self.room, n_vocab=self._e.facts.n_vocab)
             self._stop_ahead()
-            accepted, nxt, lps = await self._e._verify_draft(
-                self, list(draft[: max(0, self.room - 1)])
-            )
-            self.tokens = [*self.tokens, *draft[:accepted], nxt]
+            accepted, nxt, lps = await self._e._verify_draft(self, cut)
+            self.tokens = [*self.tokens, *cut[:accepted], nxt]
         else:
             step = await self._next_plain()
             self.tokens.append(step.token_id)
@@ -503,30 +525,34 @@ class HttpSession:
             logprobs=lps,
             verify_ms=(time.perf_counter() - t0) * 1000.0,
             n_tokens=len(self.tokens),
+            grammar_valid=len(cut) if draft else 0,
         )
 
     async def generate(
         self, n: int, stop_tokens: Sequence[int] = (), *, ignore_eos: bool = False
-    ) -> AsyncIterator[tuple[int, TokenLogprob | None, str | None]]:
+    ) -> AsyncIterator[tuple[int, TokenLogprob | None, GenerateStop | None]]:
         """Plain decoding: yields (token, logprob, stop reason or None) up to ``n`` tokens."""
-        self._check_open()
+        rules.check_live(self.closed)
         eog = self._e.eog
         stops = set(stop_tokens) | (set() if ignore_eos else set(eog))
         for i in range(n):
             if self.room <= 0:
-                yield -1, None, "context_full"
+                yield -1, None, GenerateStop.CONTEXT_FULL
                 return
             res = await self.verify([])
             lp = res.logprobs[0] if res.logprobs else None
             if res.next_token in stops:
-                yield res.next_token, lp, "eog" if res.next_token in eog else "token"
+                why = GenerateStop.EOG if res.next_token in eog else GenerateStop.TOKEN
+                yield res.next_token, lp, why
                 return
-            yield res.next_token, lp, "length" if i == n - 1 else None
+            yield res.next_token, lp, GenerateStop.LENGTH if i == n - 1 else None
+
+    async def forced(self) -> tuple[int, ...]:
+        return ()  # no grammar (open refuses one)
 
     async def rewind(self, keep: int) -> int:
-        self._check_open()
-        if not 1 <= keep <= len(self.tokens):
-            raise InvalidRequestError(f"rewind keep={keep} outside 1..{len(self.tokens)}")
+        rules.check_live(self.closed)
+        rules.check_rewind(keep, len(self.tokens))
         self._stop_ahead()
         self.tokens = self.tokens[:keep]
         return len(self.tokens)
@@ -541,29 +567,23 @@ class HttpSession:
         append: Sequence[int],
         min_confidence: float = 0.0,
         top_m: int = 0,
-    ) -> AsyncIterator[DraftStep]:
+    ) -> AsyncIterator[DraftStep | DraftEnd]:
         """Align to the target (keep ``keep`` tokens, append ``append``), then propose up to
         ``k`` tokens. Greedy sessions draft by argmax (one-hot); sampled ones sample from the
         server's post-sampling distribution cut to its ``top_m`` best, which is reported as q
         exactly (the server is asked for all of them)."""
-        self._check_open()
+        rules.check_live(self.closed)
         if not self._e.facts.can_draft:
             raise InvalidRequestError(
                 f"engine {self._e.cfg.model_id} ({self._e.kind}) cannot draft token ids"
             )
-        self._e._check_tokens(append)
-        if keep > len(self.tokens):
-            raise InvalidRequestError(f"draft keep={keep} exceeds the {len(self.tokens)} tokens")
-        new = self.tokens[:keep] + list(append)
-        if not new:
-            raise InvalidRequestError("draft would leave the session empty")
+        new = rules.draft_alignment(self.tokens, keep, append, n_vocab=self._e.facts.n_vocab)
         self._stop_ahead()
         self.tokens = new
-        self.last_draft_stop = "length"
-        k = max(0, min(k, self._e.cfg.ctx_size - len(new)))
+        room = self._e.cfg.ctx_size - len(new)
+        k = max(0, min(k, room))
         if k == 0:
-            if self._e.cfg.ctx_size - len(new) <= 0:
-                self.last_draft_stop = "context_full"
+            yield DraftEnd(DraftStop.CONTEXT_FULL if room <= 0 else DraftStop.LENGTH)
             return
         sampling = self.sampling
         m = top_m if top_m > 0 else 16
@@ -584,15 +604,16 @@ class HttpSession:
             async for step in stream:
                 prob = step.prob if step.prob is not None else 1.0
                 if prob < min_confidence:
-                    self.last_draft_stop = "low_confidence"
+                    yield DraftEnd(DraftStop.LOW_CONFIDENCE)
                     return
                 self.tokens.append(step.token_id)
                 yield DraftStep(
                     token_id=step.token_id, prob=prob, q=None if sampling.greedy else step.q
                 )
                 if step.token_id in eog:
-                    self.last_draft_stop = "eog"
+                    yield DraftEnd(DraftStop.EOG)
                     return
+            yield DraftEnd(DraftStop.LENGTH)
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:

@@ -40,6 +40,7 @@ from tightwad.engine.adapters.base import (
     StreamedToken,
     StreamRequest,
     pieces_fingerprint,
+    refuse_tools,
     started,
 )
 from tightwad.engine.chat_template import ChatTemplate
@@ -206,10 +207,11 @@ class LlamaServerEngine(HttpEngine):
         return await self._tokenize(text, add_special=add_special, parse_special=parse_special)
 
     async def render_chat(
-        self, messages: Sequence[Message], *, add_generation_prompt: bool
+        self, messages: Sequence[Message], *, add_generation_prompt: bool, tools_json: str = ""
     ) -> tuple[str, list[int]]:
         if not messages:
             raise InvalidRequestError("messages must not be empty", param="messages")
+        refuse_tools(self.cfg.model_id, self.kind, tools_json, messages)
         text: str | None = None
         if self._apply_template:
             body = {

@@ -43,7 +43,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tightwad.engine.adapters.base import (
     AdapterConfig,
@@ -52,6 +52,7 @@ from tightwad.engine.adapters.base import (
     HttpSession,
     StreamedToken,
     StreamRequest,
+    refuse_tools,
     started,
 )
 from tightwad.engine.adapters.http import HttpClient
@@ -66,6 +67,9 @@ from tightwad.errors import (
 from tightwad.logs import get_logger
 from tightwad.spec.sampling import SamplingConfig
 from tightwad.url_policy import UrlPolicy
+
+if TYPE_CHECKING:
+    from tightwad.engine.grammar import GrammarSpec
 
 __all__ = [
     "BYTES_PER_TOKEN",
@@ -154,10 +158,11 @@ class OllamaEngine(HttpEngine):
         return list(text.encode("utf-8"))
 
     async def render_chat(
-        self, messages: Sequence[Message], *, add_generation_prompt: bool
+        self, messages: Sequence[Message], *, add_generation_prompt: bool, tools_json: str = ""
     ) -> tuple[str, list[int]]:
         if not messages:
             raise InvalidRequestError("messages must not be empty", param="messages")
+        refuse_tools(self.cfg.model_id, self.kind, tools_json, messages)
         if self._template is None:
             raise InvalidRequestError(
                 f"Ollama model {self._model!r} shows no Jinja chat template (only Ollama's Go "
@@ -177,6 +182,7 @@ class OllamaEngine(HttpEngine):
         seed: int | None = None,
         top_logprobs: int = 0,
         logprobs: bool = False,
+        grammar: GrammarSpec | None = None,
     ) -> tuple[HttpSession, int, float]:
         if logprobs or top_logprobs > 0:
             raise InvalidRequestError(
@@ -190,7 +196,7 @@ class OllamaEngine(HttpEngine):
                 param="logit_bias",
             )
         _text(prompt)  # refuse what is not text before a session exists
-        return await super().open_session(prompt, sampling, seed=seed)
+        return await super().open_session(prompt, sampling, seed=seed, grammar=grammar)
 
     # -- generation ---------------------------------------------------------------------
 

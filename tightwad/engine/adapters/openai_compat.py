@@ -33,6 +33,7 @@ from tightwad.engine.adapters.base import (
     StreamedToken,
     StreamRequest,
     pieces_fingerprint,
+    refuse_tools,
     started,
 )
 from tightwad.engine.contract import Message, TokenLogprob
@@ -199,10 +200,11 @@ class OpenAICompatEngine(HttpEngine):
         return [int(t) for t in got.get("tokens", [])]
 
     async def render_chat(
-        self, messages: Sequence[Message], *, add_generation_prompt: bool
+        self, messages: Sequence[Message], *, add_generation_prompt: bool, tools_json: str = ""
     ) -> tuple[str, list[int]]:
         if not messages:
             raise InvalidRequestError("messages must not be empty", param="messages")
+        refuse_tools(self.cfg.model_id, self.kind, tools_json, messages)
         got = await self.http.post_json(
             "/tokenize",
             {
