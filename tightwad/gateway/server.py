@@ -14,6 +14,7 @@ from aiohttp import web
 from tightwad.config import ClusterConfig
 from tightwad.gateway.api import GATEWAY, GatewaySettings, create_app
 from tightwad.gateway.engine_client import EngineClient
+from tightwad.gateway.faults import fault_middleware
 from tightwad.gateway.loop import RouteSpec, SpecBackend
 from tightwad.gateway.security import RouteLimiter
 from tightwad.gateway.types import Backend
@@ -117,14 +118,16 @@ class GatewayServer:
         )
 
     def remove(self, name: str) -> None:
-        """Stop serving ``name``: the API answers 404 ``model_not_found`` for it."""
+        """Forget ``name`` (removed on purpose): the API answers 404 ``model_not_found`` for
+        it. A route that is coming back is ``put`` as a
+        :class:`~tightwad.gateway.faults.UnavailableRoute` instead (503, Retry-After)."""
         self.backends.pop(name, None)
         self._limiters.pop(name, None)
 
     async def start(self) -> str:
         for backend in self._static.values():
             await backend.start()
-        app = create_app(self.backends, self.settings)
+        app = self._app()
         self._limiters = app[GATEWAY].limiters
         for name in self._limiters:  # in place: the status page pairs routes and limiters
             self._limiters[name] = self._limiter(name)
@@ -160,6 +163,12 @@ class GatewayServer:
             )
             self._watching = asyncio.create_task(self.watcher.run())
         return self.url
+
+    def _app(self) -> web.Application:
+        """The API app over the live route table; sub-apps and extra routes go here."""
+        app = create_app(self.backends, self.settings)
+        app.middlewares.append(fault_middleware(self.backends))  # innermost: 503 Retry-After
+        return app
 
     @property
     def url(self) -> str:
