@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,11 +10,13 @@ import pytest
 from tightwad.agent.inventory import (
     Backend,
     DeviceInfo,
+    GgmlDevice,
     Vendor,
     cross_check,
     metal_working_set,
     parse_amd_smi,
     parse_cpuinfo,
+    parse_ggml_devices_json,
     parse_list_devices,
     parse_meminfo,
     parse_nvidia_csv,
@@ -263,3 +266,50 @@ def test_normalize_pci(raw: str, expected: str) -> None:
 )
 def test_parse_bytes(raw: object, expected: int | None) -> None:
     assert parse_bytes(raw) == expected
+
+
+LAVAPIPE_JSON = (
+    '{"name": "CPU", "description": "AMD EPYC", "type": "cpu", "memory_free_bytes": 1, '
+    '"memory_total_bytes": 2, "device_id": ""}\n'
+    "ggml_vulkan: Found 1 Vulkan devices:\n"
+    '{"name": "Vulkan0", "description": "llvmpipe (LLVM 15.0.6, 256 bits)", "type": "gpu", '
+    '"memory_free_bytes": 2147483648, "memory_total_bytes": 2147483648, "device_id": ""}\n'
+)
+
+
+def test_parse_ggml_devices_json_keeps_gpus_only() -> None:
+    (vk,) = parse_ggml_devices_json(LAVAPIPE_JSON) or []
+    assert (vk.name, vk.backend, vk.memory_total_bytes) == ("Vulkan0", Backend.VULKAN, 2 * GIB)
+    assert parse_ggml_devices_json(LAVAPIPE_JSON.splitlines()[0]) == []  # a CPU-only build
+    assert parse_ggml_devices_json("") is None  # no binding: nothing to cross-check with
+
+
+def test_cross_check_reports_a_device_only_ggml_sees() -> None:
+    cpu = DeviceInfo("cpu:box", 0, "AMD EPYC", Vendor.CPU, Backend.CPU, GIB, GIB, ggml_name="CPU")
+    devices, warnings = cross_check([cpu], parse_ggml_devices_json(LAVAPIPE_JSON) or [])
+    assert warnings == []  # Vulkan has no vendor tool to disagree with
+    vk = devices[1]
+    assert (vk.id, vk.ggml_name, vk.backend, vk.vendor) == (
+        "ggml:box:Vulkan0",
+        "Vulkan0",
+        Backend.VULKAN,
+        Vendor.UNKNOWN,
+    )
+    assert vk.is_gpu and vk.memory_free_bytes == vk.memory_total_bytes == 2 * GIB
+    arc = GgmlDevice("SYCL0", "Intel(R) Arc(TM) A770", 16 * GIB, 15 * GIB, "0000:03:00.0")
+    (_, sycl), _ = cross_check([cpu], [arc])
+    assert (sycl.id, sycl.vendor, sycl.pci_bus_id) == (
+        "pci:0000:03:00.0",
+        Vendor.INTEL,
+        arc.device_id,
+    )
+
+
+def test_cross_check_matches_by_pci_id_before_names() -> None:
+    nv = replace(
+        _gpu("GPU-a", "NVIDIA H200", Vendor.NVIDIA, 143771, 143000), pci_bus_id="0000:4c:00.0"
+    )
+    odd = GgmlDevice("Vulkan0", "some renamed device", 100 * GIB, 90 * GIB, "0000:4c:00.0")
+    (named,), warnings = cross_check([nv], [odd])
+    assert named.ggml_name == "Vulkan0" and named.id == "GPU-a"
+    assert len(warnings) == 1 and "vendor tool says" in warnings[0].message  # memory disagrees

@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from tightwad.engine.offload import OffloadPlan
 
 __all__ = ["EngineConfig"]
 
@@ -12,7 +16,14 @@ __all__ = ["EngineConfig"]
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     """How to serve one model. ``ctx_size`` is per session; the context holds
-    ``ctx_size * max_sessions`` cells (unified KV cache)."""
+    ``ctx_size * max_sessions`` cells (unified KV cache).
+
+    ``gpu_layers="auto"`` (the default) is resolved at construction into llama.cpp's number by
+    :func:`tightwad.engine.offload.plan_for_config`: as many layers as fit on the GPUs ggml sees
+    in this process (on ``devices`` when named), 0 when it sees none; the plan is kept in
+    ``offload`` (``offload.summary()`` is the line to print at start). An int overrides it
+    (``-1``: all layers), as ``--gpu-layers`` does; a plan over several GPUs also fills
+    ``devices`` and ``tensor_split`` when they were not given."""
 
     model_id: str
     path: Path
@@ -20,7 +31,7 @@ class EngineConfig:
     max_sessions: int = 16
     cache_slots: int = 4
     threads: int = 0
-    gpu_layers: int = 0
+    gpu_layers: int | Literal["auto"] = "auto"
     flash_attn: bool = True  # batched verify is then bit-identical to one-token decoding
     batch_size: int = 512
     tensor_split: tuple[float, ...] = ()
@@ -31,3 +42,31 @@ class EngineConfig:
     # prefix is reused only up to such a boundary: with flash attention the KV cache, and so
     # every logit, is then bit-identical whether or not a prefix came from the cache.
     prefill_chunk: int = 64
+    offload: OffloadPlan | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.gpu_layers != "auto":
+            if not isinstance(self.gpu_layers, int) or isinstance(self.gpu_layers, bool):
+                raise ValueError(
+                    f"gpu_layers must be an integer or 'auto', not {self.gpu_layers!r}"
+                )
+            return
+        from tightwad.engine.offload import plan_for_config
+
+        plan = plan_for_config(self)
+        set_ = object.__setattr__
+        if plan is None:  # unreadable model (the load says why) or an rpc-server named
+            set_(self, "gpu_layers", -1 if self.devices else 0)
+            return
+        set_(self, "gpu_layers", plan.n_gpu_layers)
+        set_(self, "offload", plan)
+        if plan.devices and not self.devices:
+            set_(self, "devices", plan.devices)
+            if not self.tensor_split:
+                set_(self, "tensor_split", plan.tensor_split)
+
+    @property
+    def offload_summary(self) -> str:
+        """Where the model goes (``28/28 layers on Vulkan0 (llvmpipe), 1.1 GiB; KV 224 MiB``),
+        or ``""`` when ``gpu_layers`` was given."""
+        return self.offload.summary() if self.offload else ""

@@ -13,6 +13,7 @@ from tightwad.agent.inventory.ggml import (
     GgmlDevice,
     RpcServerBanner,
     cross_check,
+    parse_ggml_devices_json,
     parse_list_devices,
     parse_rpc_server_banner,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "metal_working_set",
     "parse_amd_smi",
     "parse_cpuinfo",
+    "parse_ggml_devices_json",
     "parse_list_devices",
     "parse_meminfo",
     "parse_nvidia_csv",

@@ -8,7 +8,8 @@ always reported.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,9 +24,11 @@ from tightwad.engine.device_facts import (
 )
 from tightwad.logs import get_logger
 
-__all__ = ["DEFAULT_TIMEOUT_S", "collect_inventory"]
+__all__ = ["DEFAULT_TIMEOUT_S", "GGML_PROBE", "collect_inventory"]
 
 DEFAULT_TIMEOUT_S = 15.0
+# The installed binding's ggml, asked in a subprocess (a backend initialises once per process).
+GGML_PROBE: tuple[str, ...] = (sys.executable, "-m", "tightwad.engine.ggml_devices")
 _log = get_logger(__name__)
 
 Probe = tuple[list[DeviceInfo], list[InventoryWarning]]
@@ -38,6 +41,7 @@ async def collect_inventory(
     rpc_server_banner: str | None = None,
     proc_root: Path = Path("/proc"),
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    ggml_probe: Sequence[str] | None = GGML_PROBE,
 ) -> InventoryReport:
     """Take the host's inventory.
 
@@ -45,7 +49,8 @@ async def collect_inventory(
     cross-check (skipped when ``None``). ``rpc_server_banner``: what a ``ggml-rpc-server`` of
     this host printed on start, for its protocol version (and devices when there is no
     ``llama_server``). ``proc_root``: where ``meminfo``/``cpuinfo`` are read (tests point it at
-    fixtures). ``timeout_s``: per command.
+    fixtures). ``timeout_s``: per command. ``ggml_probe``: the command that lists the devices
+    of the binding's ggml as JSON (PCI ids included); preferred over ``--list-devices``.
     """
     host = await _host(runner, proc_root, timeout_s)
     async with asyncio.TaskGroup() as group:
@@ -63,7 +68,7 @@ async def collect_inventory(
             )
         ]
         ggml_task = group.create_task(
-            _ggml_view(runner, llama_server, rpc_server_banner, timeout_s)
+            _ggml_view(runner, llama_server, rpc_server_banner, timeout_s, ggml_probe)
         )
     devices = [cpu.cpu_device(host)]
     warnings: list[InventoryWarning] = []
@@ -74,7 +79,7 @@ async def collect_inventory(
     ggml_devices, version, ggml_warnings = ggml_task.result()
     warnings += ggml_warnings
     if ggml_devices is not None:
-        devices, disagreements = ggml.cross_check(devices, ggml_devices)
+        devices, disagreements = ggml.cross_check(devices, ggml_devices, host=host.hostname)
         warnings += disagreements
     host = replace(
         host, llama_cpp_version=version, rpc_protocol_version=_rpc_version(rpc_server_banner)
@@ -120,16 +125,38 @@ async def _sysctl_host(
     return total, total, cpu.CpuFacts(model=model, cores=facts.cores)
 
 
+async def _probe_binding(
+    runner: CommandRunner, probe: Sequence[str] | None, timeout_s: float
+) -> list[ggml.GgmlDevice] | None:
+    if not probe:
+        return None
+    result = await runner.run(tuple(probe), timeout_s=timeout_s)
+    try:
+        return ggml.parse_ggml_devices_json(result.stdout) if result.ok else None
+    except (ValueError, KeyError, TypeError) as exc:
+        _log.warning("ggml_probe_unreadable", error=repr(exc))
+        return None
+
+
 async def _ggml_view(
-    runner: CommandRunner, llama_server: Path | None, banner: str | None, timeout_s: float
+    runner: CommandRunner,
+    llama_server: Path | None,
+    banner: str | None,
+    timeout_s: float,
+    probe: Sequence[str] | None = None,
 ) -> tuple[list[ggml.GgmlDevice] | None, str, list[InventoryWarning]]:
     """ggml's devices (``None``: nothing to cross-check with), llama.cpp version, warnings."""
+    bound = await _probe_binding(runner, probe, timeout_s)
     if llama_server is None:
+        if bound is not None:
+            return bound, "", []
         parsed = ggml.parse_rpc_server_banner(banner) if banner else None
         return (list(parsed.devices) if parsed and parsed.devices else None), "", []
     listing = await runner.run((str(llama_server), "--list-devices"), timeout_s=timeout_s)
     version = await runner.run((str(llama_server), "--version"), timeout_s=timeout_s)
     devices = ggml.parse_list_devices(listing.output) if listing.ok else None
+    if bound is not None:
+        return bound, ggml.parse_llama_version(version.output), []
     if devices is None:
         why = "not found" if not listing.found else (listing.output.strip()[-200:] or "failed")
         return (

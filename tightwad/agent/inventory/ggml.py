@@ -1,6 +1,8 @@
 """What llama.cpp (ggml) itself sees, and the cross-check against the vendor tools.
 
-Sources: ``llama-server --list-devices`` (``Available devices:`` then lines like
+Sources: ``python -m tightwad.engine.ggml_devices`` (one JSON object per device of the
+installed binding's ggml, with the PCI bus id where the backend knows one), ``llama-server
+--list-devices`` (``Available devices:`` then lines like
 ``  CUDA0: NVIDIA GeForce RTX 4090 (24080 MiB, 23500 MiB free)``; ``(none)`` for a CPU-only
 build) and the banner ``ggml-rpc-server`` prints on start (``Starting RPC server v3.0.0``,
 ``endpoint``, then ``Devices:`` in the same line format, or ``backend memory`` in old builds).
@@ -8,11 +10,16 @@ build) and the banner ``ggml-rpc-server`` prints on start (``Starting RPC server
 The cross-check matches ggml's local devices to vendor-tool devices (same vendor family, then
 name and memory, order only between equals), sets ``ggml_name``, and warns about every GPU one
 side sees and the other does not: a vendor GPU with no ggml device will not be used by this
-llama.cpp build (a CPU-only or wrong-backend build), which placement must know.
+llama.cpp build (a CPU-only or wrong-backend build), which placement must know. A GPU only
+ggml sees (Vulkan, SYCL, or a CUDA/ROCm device whose vendor tool is missing) is reported as a
+device of its own, with ggml's memory, keyed ``pci:<bus id>`` where ggml gives one, else
+``ggml:<host>:<ggml name>``; only the native backends (CUDA, ROCm, Metal) warn then, since their
+vendor tool should have seen it.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, replace
 
@@ -22,6 +29,7 @@ __all__ = [
     "GgmlDevice",
     "RpcServerBanner",
     "cross_check",
+    "parse_ggml_devices_json",
     "parse_list_devices",
     "parse_llama_version",
     "parse_rpc_server_banner",
@@ -65,6 +73,7 @@ class GgmlDevice:
     description: str
     memory_total_bytes: int
     memory_free_bytes: int
+    device_id: str = ""  # PCI bus id "0000:c1:00.0" where ggml gives one
 
     @property
     def backend(self) -> Backend:
@@ -88,6 +97,30 @@ def parse_list_devices(text: str) -> list[GgmlDevice] | None:
     """Devices after ``Available devices:``; ``None`` when the header is missing (no listing)."""
     _, header, rest = text.partition("Available devices:")
     return _device_lines(rest) if header else None
+
+
+def parse_ggml_devices_json(text: str) -> list[GgmlDevice] | None:
+    """The GPUs of ``python -m tightwad.engine.ggml_devices`` (CPU and accelerators left out);
+    ``None`` when it printed no device at all (no binding, or it failed)."""
+    devices: list[GgmlDevice] = []
+    seen_any = False
+    for line in text.splitlines():
+        if not line.startswith("{"):
+            continue  # a backend's own chatter on stdout
+        row = json.loads(line)
+        seen_any = True
+        if row.get("type") not in ("gpu", "igpu"):
+            continue
+        devices.append(
+            GgmlDevice(
+                str(row["name"]),
+                str(row["description"]),
+                int(row["memory_total_bytes"]),
+                int(row["memory_free_bytes"]),
+                str(row.get("device_id") or "").lower(),
+            )
+        )
+    return devices if seen_any else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,23 +160,69 @@ def parse_llama_version(text: str) -> str:
 
 
 def cross_check(
-    devices: list[DeviceInfo], ggml: list[GgmlDevice]
+    devices: list[DeviceInfo], ggml: list[GgmlDevice], *, host: str = ""
 ) -> tuple[list[DeviceInfo], list[InventoryWarning]]:
-    """Set ``ggml_name`` on the vendor devices ggml also sees; warn where the two disagree."""
+    """Set ``ggml_name`` on the vendor devices ggml also sees, add the GPUs only ggml sees,
+    warn where the two disagree. ``host`` names ggml-only devices without a PCI id (default:
+    the host of the ``cpu:<host>`` device)."""
     result = list(devices)
     warnings: list[InventoryWarning] = []
+    host = host or next((d.id[4:] for d in devices if d.id.startswith("cpu:")), "local")
+    added: list[DeviceInfo] = []
     for backend in _PREFERENCE:
         taken: set[str] = set()
         for gdev in (g for g in ggml if g.backend is backend):
-            pos = _best_match(result, gdev, exclude=taken)
+            pos = _by_pci(result, gdev)
             if pos is None:
-                warnings.append(_unmatched_ggml(gdev))
+                pos = _best_match(result, gdev, exclude=taken)
+            if pos is None:
+                if backend in _NATIVE:
+                    warnings.append(_unmatched_ggml(gdev))
+                if not any(d.ggml_name == gdev.name for d in added):
+                    added.append(_ggml_only(gdev, host))
                 continue
             taken.add(result[pos].id)
             warnings.extend(_memory_disagreement(result[pos], gdev))
             result[pos] = _named(result[pos], gdev)
     warnings.extend(_unseen_by_ggml(result, ggml))
-    return result, warnings
+    return result + added, warnings
+
+
+_NATIVE = frozenset({Backend.CUDA, Backend.ROCM, Backend.METAL})
+_VENDOR_WORDS: tuple[tuple[str, Vendor], ...] = (
+    ("nvidia", Vendor.NVIDIA),
+    ("geforce", Vendor.NVIDIA),
+    ("quadro", Vendor.NVIDIA),
+    ("tesla", Vendor.NVIDIA),
+    ("amd", Vendor.AMD),
+    ("radeon", Vendor.AMD),
+    ("intel", Vendor.INTEL),
+    ("apple", Vendor.APPLE),
+)
+
+
+def _by_pci(devices: list[DeviceInfo], gdev: GgmlDevice) -> int | None:
+    if not gdev.device_id:
+        return None
+    return next((i for i in _usable_gpus(devices) if devices[i].pci_bus_id == gdev.device_id), None)
+
+
+def _ggml_only(gdev: GgmlDevice, host: str) -> DeviceInfo:
+    """A GPU no vendor tool reported: ggml's name, description and memory."""
+    text = gdev.description.lower()
+    vendor = next((v for word, v in _VENDOR_WORDS if word in text), Vendor.UNKNOWN)
+    digits = re.search(r"(\d+)$", gdev.name)
+    return DeviceInfo(
+        id=f"pci:{gdev.device_id}" if gdev.device_id else f"ggml:{host}:{gdev.name}",
+        index=int(digits.group(1)) if digits else 0,
+        name=gdev.description,
+        vendor=vendor,
+        backend=gdev.backend,
+        memory_total_bytes=gdev.memory_total_bytes,
+        memory_free_bytes=gdev.memory_free_bytes,
+        pci_bus_id=gdev.device_id,
+        ggml_name=gdev.name,
+    )
 
 
 def _usable_gpus(devices: list[DeviceInfo]) -> list[int]:
