@@ -1,5 +1,6 @@
 """The agent process: a gRPC server hosting the Engine service and the Node service, and its
-link to the controller.
+link to the controller. The Engine service is an :class:`~tightwad.engine.server.EngineServer`
+(which the gateway uses alone); the agent adds the Node service and the controller link.
 
 ``AgentServer.run()`` loads the configured engines, serves until ``stop()``; ``stop()`` ends
 the controller link, turns health to NOT_SERVING, stops the server with a grace period, stops
@@ -44,19 +45,17 @@ from tightwad.clock import Clock, SystemClock
 from tightwad.config import TlsConfig
 from tightwad.engine.engine_config import EngineConfig
 from tightwad.engine.facts_wire import model_facts_to_proto
-from tightwad.engine.llama_engine import Engine
-from tightwad.engine.service import EngineRegistry, EngineServicer
+from tightwad.engine.server import EngineServer
+from tightwad.engine.service import EngineRegistry
 from tightwad.errors import ConfigError
 from tightwad.logs import get_logger
-from tightwad.rpc import GrpcServer, ServiceRegistration, client_channel, failure_details
+from tightwad.rpc import ServiceRegistration, client_channel, failure_details
 from tightwad.tls import TlsFiles, channel_credentials, read_tls_files, server_credentials
 from tightwad.v1 import (
     agent_pb2,
     agent_pb2_grpc,
     controller_pb2,
     controller_pb2_grpc,
-    engine_pb2,
-    engine_pb2_grpc,
 )
 
 __all__ = [
@@ -136,10 +135,16 @@ class AgentSettings:
 class AgentServer:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
-        self.registry = EngineRegistry()
         self.node: Node | None = None
         # Read (and checked) now: a missing file fails before any model loads.
         self._tls: TlsFiles | None = read_tls_files(settings.tls) if settings.tls else None
+        self.engines = EngineServer(
+            settings.listen,
+            token=settings.token,
+            engines=settings.engines,
+            credentials=server_credentials(self._tls),
+        )
+        self.registry: EngineRegistry = self.engines.registry
         if settings.node_service:
             engine_env = {_ENGINE_TOKEN_ENV: settings.token} if settings.token else {}
             engine_env.update(engine_tls_env(settings.tls))
@@ -160,7 +165,6 @@ class AgentServer:
             )
         self.link: ControllerLink | None = None
         self._link_task: asyncio.Task[None] | None = None
-        self._server: GrpcServer | None = None
         self._stopped = asyncio.Event()
 
     @property
@@ -171,17 +175,10 @@ class AgentServer:
 
     @property
     def address(self) -> str:
-        assert self._server is not None
-        return self._server.bound_address
+        return self.engines.address
 
     def _services(self) -> list[ServiceRegistration]:
-        services: list[ServiceRegistration] = [
-            ServiceRegistration(
-                name=engine_pb2.DESCRIPTOR.services_by_name["EngineService"].full_name,
-                servicer=EngineServicer(self.registry),
-                add=engine_pb2_grpc.add_EngineServiceServicer_to_server,
-            )
-        ]
+        services: list[ServiceRegistration] = []
         if self.node is not None:
             services.append(
                 ServiceRegistration(
@@ -193,16 +190,10 @@ class AgentServer:
         return [*services, *self.settings.extra_services]
 
     async def start(self) -> str:
-        for cfg in self.settings.engines:
-            self.registry.add(await Engine.load(cfg))
         services: Sequence[ServiceRegistration] = self._services()
-        self._server = GrpcServer(
-            services,
-            address=self.settings.listen,
-            token=self.settings.token,
-            server_credentials=server_credentials(self._tls),
-        )
-        await self._server.start()
+        for service in services:
+            self.engines.add_service(service)
+        await self.engines.start()
         if self.settings.controller and self.node is not None:
             self.link = ControllerLink(
                 self.node,
@@ -233,12 +224,10 @@ class AgentServer:
             self._link_task.cancel()
             await asyncio.gather(self._link_task, return_exceptions=True)
             self._link_task = None
-        if self._server is not None:
-            await self._server.stop(grace)
-            self._server = None
+        await self.engines.stop_serving(grace)
         if self.node is not None:
             await self.node.close(self.settings.stop_grace_s)
-        await self.registry.close()
+        await self.engines.stop()
         self._stopped.set()
         log.info("agent_stopped", name=self.settings.name)
 

@@ -81,7 +81,7 @@ RPC_PROTOCOL_MAJOR = 7
 async def _probe_rpc_devices(devices: Sequence[str]) -> None:
     """Check every RPC endpoint answers HELLO with our protocol version before llama.cpp
     connects (it aborts the whole process on an unreachable endpoint)."""
-    from tightwad.agent.processes.probes import ProbeError, rpc_hello
+    from tightwad.engine.rpc_probe import ProbeError, rpc_hello
 
     for name in devices:
         if not (name.startswith("RPC[") and name.endswith("]")):
