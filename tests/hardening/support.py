@@ -220,14 +220,42 @@ class ServerProcess:
             raise
 
 
+#: what a leaked task, stream or generator prints; a fault test fails on any of them
+LEAK_SIGNS = (
+    "Task was destroyed but it is pending",
+    "exception was never retrieved",
+    "ResourceWarning",
+)
+
+
+#: not ours: llama_cpp._utils opens os.devnull twice at import and keeps both for the
+#: process's life (its stdout/stderr silencer), so Python reports them at exit
+_THIRD_PARTY = "unclosed file <_io.TextIOWrapper name='/dev/null' mode='w'"
+
+
+def leaks(proc: ServerProcess) -> list[str]:
+    """The lines of ``proc``'s output that show a leak (see :data:`LEAK_SIGNS`)."""
+    return [
+        line
+        for line in proc.lines
+        if any(sign in line for sign in LEAK_SIGNS) and _THIRD_PARTY not in line
+    ]
+
+
 def spawn(name: str, argv: list[str], ready_prefix: str, env: dict[str, str] | None = None):
-    """Start ``argv`` (a console script of this venv) with its output collected."""
+    """Start ``argv`` (a console script of this venv) with its output collected; warnings
+    about unclosed resources are errors in it (``-W error::ResourceWarning``)."""
     popen = subprocess.Popen(
         [str(_BIN / argv[0]), *argv[1:]],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "TIGHTWAD_LOG_JSON": "0", **(env or {})},
+        env={
+            **os.environ,
+            "TIGHTWAD_LOG_JSON": "0",
+            "PYTHONWARNINGS": "error::ResourceWarning",
+            **(env or {}),
+        },
     )
     proc = ServerProcess(name, popen, ready_prefix=ready_prefix)
     threading.Thread(target=proc._read, name=f"read-{name}", daemon=True).start()

@@ -48,6 +48,7 @@ from .support import (
     Reference,
     ServerProcess,
     free_port,
+    leaks,
     live_sessions,
     pid_alive,
     start_agent,
@@ -238,6 +239,8 @@ async def procs() -> AsyncIterator[list[ServerProcess]]:
     yield started
     for p in started:
         p.kill()
+    leaked = {p.name: leaks(p) for p in started if leaks(p)}
+    assert not leaked, f"leaked tasks / generators / resources: {leaked}"
 
 
 # --- the draft agent -----------------------------------------------------------------------
@@ -327,26 +330,35 @@ async def test_killed_target_agent_clear_errors_then_recovery(
     with pytest.raises(openai.APIStatusError) as refused:
         await _chat(url)
     assert refused.value.status_code == 503
+    assert int(refused.value.response.headers["Retry-After"]) >= 1
     body = refused.value.body
     assert isinstance(body, dict) and body.get("message") and body.get("type"), body
-    # Restart on the same port: the same gateway serves again.
+    # Restart on the same port: the same gateway serves again. What the client sees, request
+    # by request: 503 (never 404: the route is configured) until it serves.
     target = agent()
     await target.wait_ready()
     t0 = time.monotonic()
     answer = ""
+    timeline: list[tuple[float, int]] = []
 
     async def served() -> bool:
         nonlocal answer
         try:
             answer = await _chat(url)
         except openai.APIStatusError as exc:
+            timeline.append((time.monotonic() - t0, exc.status_code))
             assert exc.status_code == 503, exc
             return False
+        timeline.append((time.monotonic() - t0, 200))
         return True
 
     await _until("the gateway to serve the restarted target", served, timeout_s=60)
     recovery = time.monotonic() - t0
-    print(f"target restart: gateway served again {recovery:.1f} s after the agent was back")
+    print(
+        f"target restart: gateway served again {recovery:.1f} s after the agent was back; "
+        f"client saw {[(round(t, 1), code) for t, code in timeline]}"
+    )
+    assert 404 not in [code for _, code in timeline]
     refs[PROMPTS[0]].check(answer, "after the target's restart")
     assert recovery < 10.0, f"the gateway took {recovery:.1f} s to reconnect"
     assert await gw.terminate() == 0

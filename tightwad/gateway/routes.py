@@ -34,8 +34,8 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tightwad.agent.server import AgentServer, AgentSettings
 from tightwad.config import ClusterConfig, Endpoint, EngineAddress, ModelRef, Route, RouteTarget
 from tightwad.engine.adapters.base import AdapterConfig, HttpEngine
 from tightwad.engine.adapters.ollama import OllamaClient
@@ -64,6 +64,9 @@ __all__ = [
     "WatchSettings",
     "build_routes",
 ]
+
+if TYPE_CHECKING:  # the embedded agent (and llama.cpp) is imported only when one is needed
+    from tightwad.agent.server import AgentServer
 
 log = get_logger("tightwad.gateway.routes")
 
@@ -281,6 +284,8 @@ async def build_routes(cfg: ClusterConfig, *, controller: bool = False) -> Built
                     await b.adapter_id(d, f"{where}.drafters.{j}")
             plan.append((route, mode, drafters))
         if b.local or b.adapters:
+            from tightwad.agent.server import AgentServer, AgentSettings
+
             b.agent = AgentServer(
                 AgentSettings(
                     listen="127.0.0.1:0",
