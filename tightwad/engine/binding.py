@@ -326,6 +326,43 @@ class LlamaModel:
                 raise UnavailableError(f"llama_decode failed with code {rc}")
         self._last_offset = len(tokens) - len(chunk)
 
+    def decode_many(self, parts: Sequence[tuple[int, Sequence[int], int, Sequence[int]]]) -> None:
+        """One ``llama_decode`` over several sequences: each part is (seq_id, tokens, start_pos,
+        outputs) as in :meth:`decode`; the parts lie back to back in the batch, so the rows of
+        a part whose tokens start at batch index ``o`` are ``logits_row(o + i)``. All tokens
+        must fit in one batch (``batch_capacity``)."""
+        ll = _lib()
+        total = sum(len(p[1]) for p in parts)
+        if total > self._batch_cap:
+            raise ValueError(f"{total} tokens exceed the batch capacity {self._batch_cap}")
+        if total == 0:
+            return
+        b = self._batch
+        j = 0
+        for seq_id, tokens, start_pos, outputs in parts:
+            want = set(outputs)
+            for i, tok in enumerate(tokens):
+                b.token[j] = tok
+                b.pos[j] = start_pos + i
+                b.n_seq_id[j] = 1
+                b.seq_id[j][0] = seq_id
+                b.logits[j] = 1 if i in want else 0
+                j += 1
+        b.n_tokens = total
+        rc = ll.llama_decode(self._ctx, b)  # type: ignore[attr-defined]
+        self._last_offset = 0
+        if rc == 1:
+            raise OverloadedError(
+                "the engine's KV cache is full (too many or too long sessions); "
+                "retry later or raise ctx_size"
+            )
+        if rc != 0:
+            raise UnavailableError(f"llama_decode failed with code {rc}")
+
+    @property
+    def batch_capacity(self) -> int:
+        return self._batch_cap
+
     def logits_row(self, index: int) -> NDArray[np.float32]:
         """Logits of output row ``index`` (index into the tokens of the *last* decode call;
         only rows of its final chunk are available)."""

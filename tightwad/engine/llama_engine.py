@@ -33,6 +33,7 @@ from tightwad.engine.contract import DraftStep, EngineInfo, Message, TokenLogpro
 from tightwad.engine.engine_config import EngineConfig
 from tightwad.engine.session import Session, SessionGrammar, Slot, lcp
 from tightwad.engine.session_rules import check_open, check_tokens
+from tightwad.engine.step_batcher import BatchStats, StepBatcher
 from tightwad.errors import (
     InvalidRequestError,
     ModelLoadError,
@@ -40,7 +41,7 @@ from tightwad.errors import (
     UnavailableError,
 )
 from tightwad.logs import get_logger
-from tightwad.spec.sampling import SamplingConfig
+from tightwad.spec.sampling import SamplingConfig, SparseDist
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -117,8 +118,16 @@ def _tools(tools_json: str) -> list[Any]:
 class Engine:
     """One loaded model. ``await Engine.load(cfg)``; sessions via :meth:`open_session`."""
 
-    def __init__(self, cfg: EngineConfig, model: LlamaModel, executor: ThreadPoolExecutor):
+    def __init__(
+        self,
+        cfg: EngineConfig,
+        model: LlamaModel,
+        executor: ThreadPoolExecutor,
+        *,
+        batch_steps: bool = False,
+    ):
         self.cfg = cfg
+        self._batcher = StepBatcher(model, executor) if batch_steps else None
         self._m = model
         self._exec = executor
         n_slots = cfg.max_sessions + cfg.cache_slots
@@ -148,8 +157,16 @@ class Engine:
 
     @classmethod
     async def load(
-        cls, cfg: EngineConfig, progress: Callable[[float], None] | None = None
+        cls,
+        cfg: EngineConfig,
+        progress: Callable[[float], None] | None = None,
+        *,
+        batch_steps: bool | None = None,
     ) -> Engine:
+        """Load ``cfg``'s model. ``batch_steps`` (default: the config's ``batch_steps`` when it
+        has one, else off) runs the pending steps of all sessions as one forward pass
+        (:mod:`tightwad.engine.step_batcher`)."""
+        batching = bool(getattr(cfg, "batch_steps", False)) if batch_steps is None else batch_steps
         shared = cfg.gpu_layers == 0 and not cfg.devices
         executor = (
             _cpu_executor()
@@ -172,7 +189,9 @@ class Engine:
         loop = asyncio.get_running_loop()
         try:
             model = await loop.run_in_executor(executor, lambda: LlamaModel(params, progress))
-            engine = await loop.run_in_executor(executor, lambda: cls(cfg, model, executor))
+            engine = await loop.run_in_executor(
+                executor, lambda: cls(cfg, model, executor, batch_steps=batching)
+            )
         except BaseException:
             if not shared:
                 executor.shutdown(wait=False)
@@ -187,6 +206,22 @@ class Engine:
         await asyncio.get_running_loop().run_in_executor(self._exec, self._m.close)
         if self._exec is not _cpu_thread:
             self._exec.shutdown(wait=True)
+
+    def step(
+        self, session: Session, draft: list[int], q: Sequence[SparseDist] | None
+    ) -> asyncio.Future[VerifyResult]:
+        """Queue one Verify step of ``session`` (batched with other sessions' pending steps
+        when step batching is on); the future resolves on the event loop."""
+        if self._batcher is not None:
+            return self._batcher.submit(session, draft, q)
+        return asyncio.get_running_loop().run_in_executor(
+            self._exec, lambda: session.verify_sync(draft, q)
+        )
+
+    @property
+    def batch_stats(self) -> BatchStats | None:
+        """Decodes and steps of the step batcher (None when batching is off)."""
+        return self._batcher.stats if self._batcher is not None else None
 
     async def run(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the engine's compute thread (FIFO with every other call)."""

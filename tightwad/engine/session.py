@@ -225,11 +225,20 @@ class Session:
         the target's next token. ``verify([])`` is one plain decoding step."""
         rules.check_live(self.closed)
         cut, cut_q = rules.verify_draft(draft, q, room=self.room, n_vocab=self._m.n_vocab)
-        return await self._e.run(lambda: self._verify_sync(cut, cut_q))
+        if self._e.closed:
+            raise UnavailableError(f"engine {self._e.cfg.model_id} is closed")
+        return await self._e.step(self, cut, cut_q)
 
-    def _verify_sync(self, draft: list[int], q: Sequence[SparseDist] | None) -> VerifyResult:
+    def verify_sync(self, draft: list[int], q: Sequence[SparseDist] | None) -> VerifyResult:
         t0 = time.perf_counter()
-        m = self._m
+        draft, q = self.verify_prepare(draft, q)
+        self._m.decode(*self.verify_part(draft))
+        return self.verify_finish(draft, q, 0, t0)
+
+    def verify_prepare(
+        self, draft: list[int], q: Sequence[SparseDist] | None
+    ) -> tuple[list[int], Sequence[SparseDist] | None]:
+        """The draft this Verify scores: under a grammar, cut at the first forbidden token."""
         g = self._g
         if g is not None:
             # An EOG token ends the scored draft: it only ever comes as the emitted token.
@@ -237,15 +246,25 @@ class Session:
             n = g.m.begin_draft(draft[:eog_at])
             draft = draft[:n]
             q = (list(q[:n]) or None) if q is not None else None
+        return draft, q
+
+    def verify_part(self, draft: list[int]) -> tuple[int, list[int], int, range]:
+        """What this Verify decodes: (seq_id, [pending, *draft], start position, output rows)."""
+        return self.seq, [self.tokens[-1], *draft], self.n_kv, range(len(draft) + 1)
+
+    def verify_finish(
+        self, draft: list[int], q: Sequence[SparseDist] | None, offset: int, t0: float
+    ) -> VerifyResult:
+        """Accept a prefix of ``draft`` from the rows decoded at batch index ``offset``."""
+        m = self._m
+        g = self._g
         base = list(self.tokens)
-        batch = [base[-1], *draft]
-        m.decode(self.seq, batch, self.n_kv, outputs=range(len(batch)))
         rows: dict[int, NDArray[np.float32]] = {}
         masked: dict[int, NDArray[np.float32]] = {}
 
         def row(i: int) -> NDArray[np.float32]:
             if i not in rows:
-                rows[i] = m.logits_row(i)
+                rows[i] = m.logits_row(offset + i)
             return rows[i]
 
         def processed(i: int) -> NDArray[np.float32]:
@@ -261,7 +280,7 @@ class Session:
         def argmax_at(i: int) -> int:
             if self._plain:
                 # Greedy without penalties: the argmax of llama.cpp's own buffer, no copy.
-                return int(np.argmax(rows[i])) if i in rows else m.argmax_row(i)
+                return int(np.argmax(rows[i])) if i in rows else m.argmax_row(offset + i)
             return dist_at(i).argmax()
 
         outcome: Outcome = verify(draft, q, dist_at, argmax_at, self.sampling.greedy, self.rng)
@@ -305,12 +324,11 @@ class Session:
         rules.check_live(self.closed)
         eog = self._e.eog
         stops = set(stop_tokens) | (set() if ignore_eos else set(eog))
-        loop = asyncio.get_running_loop()
 
         def step() -> asyncio.Future[VerifyResult]:
             if self._e.closed:
                 raise UnavailableError(f"engine {self._e.cfg.model_id} is closed")
-            return loop.run_in_executor(self._e.executor, lambda: self._verify_sync([], None))
+            return self._e.step(self, [], None)
 
         ahead: asyncio.Future[VerifyResult] | None = None
         ahead_len = 0  # the session's length once the queued step has run
