@@ -4,10 +4,10 @@ The gateway speaks only the gRPC Engine service. A route's target or drafter is:
 
 - ``grpc://host:port`` (:class:`~tightwad.config.EngineAddress`): a running Tightwad engine,
   dialled directly (the engine whose id is the route's name, else that agent's default one);
-- a model of ``models`` (:class:`~tightwad.config.ModelRef`): loaded into an embedded agent
-  on loopback, with the ``engine`` section's defaults;
+- a model of ``models`` (:class:`~tightwad.config.ModelRef`): loaded into an embedded
+  :class:`~tightwad.engine.server.EngineServer` on loopback, with the ``engine`` section's defaults;
 - an HTTP server (:class:`~tightwad.config.Endpoint`: llama-server, OpenAI-compatible):
-  fronted by an adapter engine hosted by that same embedded agent;
+  fronted by an adapter engine hosted by that same embedded engine server;
 - an Ollama server, which shows no token ids: as a target, a
   :class:`~tightwad.gateway.passthrough.PassthroughBackend` (Ollama's own chat and completion
   APIs, its own token counts; in ``BuiltRoutes.backends``, not a RouteSpec); as a drafter, a
@@ -25,7 +25,7 @@ with a warning, whatever the file asked; the seed's ``proxy`` section (draft/tar
 servers) thus keeps working, as a plain route to its target.
 
 With ``cluster.tls``, engines at ``grpc://`` addresses are dialled over mutual TLS with this
-host's certificate (and the token). The embedded agent listens on loopback only, inside this
+host's certificate (and the token). The embedded engine server listens on loopback only, inside this
 process, and stays plain text + token: it never leaves the host.
 """
 
@@ -34,12 +34,12 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tightwad.config import ClusterConfig, Endpoint, EngineAddress, ModelRef, Route, RouteTarget
 from tightwad.engine.adapters.base import AdapterConfig, HttpEngine
 from tightwad.engine.adapters.ollama import OllamaClient
 from tightwad.engine.engine_config import EngineConfig
+from tightwad.engine.server import EngineServer
 from tightwad.errors import ConfigError, NotFoundError
 from tightwad.gateway.controller_routes import (
     ControllerRoutes,
@@ -65,19 +65,16 @@ __all__ = [
     "build_routes",
 ]
 
-if TYPE_CHECKING:  # the embedded agent (and llama.cpp) is imported only when one is needed
-    from tightwad.agent.server import AgentServer
-
 log = get_logger("tightwad.gateway.routes")
 
 
 @dataclass
 class BuiltRoutes:
-    """The route specs and what was started for them (the embedded agent, if any);
+    """The route specs and what was started for them (the embedded engine server, if any);
     ``backends``: routes served by a text-only target (no Engine, no RouteSpec)."""
 
     specs: list[RouteSpec]
-    agent: AgentServer | None = None
+    agent: EngineServer | None = None
     clients: list[EngineClient] = field(default_factory=list)
     backends: dict[str, PassthroughBackend] = field(default_factory=dict)
     text_drafters: list[TextDrafter] = field(default_factory=list)
@@ -100,7 +97,7 @@ class _Builder:
         self.local: dict[str, EngineConfig] = {}
         self.adapters: dict[str, HttpEngine] = {}
         self.remote: dict[tuple[str, str], EngineClient] = {}
-        self.agent: AgentServer | None = None
+        self.agent: EngineServer | None = None
         self.passthrough: dict[str, PassthroughBackend] = {}
         self.text: dict[str, TextDrafter] = {}
 
@@ -284,18 +281,11 @@ async def build_routes(cfg: ClusterConfig, *, controller: bool = False) -> Built
                     await b.adapter_id(d, f"{where}.drafters.{j}")
             plan.append((route, mode, drafters))
         if b.local or b.adapters:
-            from tightwad.agent.server import AgentServer, AgentSettings
-
-            b.agent = AgentServer(
-                AgentSettings(
-                    listen="127.0.0.1:0",
-                    token=cfg.cluster.token,
-                    engines=tuple(b.local.values()),
-                    node_service=False,
-                )
+            b.agent = EngineServer(
+                "127.0.0.1:0", token=cfg.cluster.token, engines=tuple(b.local.values())
             )
             for engine in b.adapters.values():
-                b.agent.registry.add(engine)
+                b.agent.add(engine)
             await b.agent.start()
         specs = []
         for i, (route, mode, drafters) in enumerate(plan):
