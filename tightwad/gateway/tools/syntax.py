@@ -31,7 +31,7 @@ from tightwad.engine.grammar import GrammarSpec
 from tightwad.errors import InvalidRequestError
 from tightwad.gateway.tools.request import Tool
 
-__all__ = ["ParsedCall", "ToolSyntax", "syntax_named"]
+__all__ = ["ParsedCall", "ToolSyntax", "call_schema", "lark_json", "syntax_named"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +61,8 @@ def _call_from(obj: object, args_keys: Sequence[str]) -> ParsedCall | None:
     return ParsedCall(obj["name"], "{}")
 
 
-def _call_schema(tools: Sequence[Tool], args_key: str) -> dict[str, Any]:
+def call_schema(tools: Sequence[Tool], args_key: str) -> dict[str, Any]:
+    """The JSON Schema of one call object ``{"name": ..., args_key: {...}}`` of ``tools``."""
     options = [
         {
             "type": "object",
@@ -77,8 +78,14 @@ def _call_schema(tools: Sequence[Tool], args_key: str) -> dict[str, Any]:
     return options[0] if len(options) == 1 else {"anyOf": options}
 
 
-def _lark_json(schema: dict[str, Any]) -> str:
-    return "%json " + json.dumps(schema, separators=(",", ":"))
+# JSON in calls is written as templates write it (Python's json.dumps separators), with no
+# other whitespace: the call frame is then one forced continuation the loop drafts for free.
+_JSON_STYLE = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
+
+
+def lark_json(schema: dict[str, Any]) -> str:
+    """A Lark ``%json`` item for ``schema`` in the calls' JSON style."""
+    return "%json " + json.dumps({"x-guidance": _JSON_STYLE, **schema}, separators=(",", ":"))
 
 
 class ToolSyntax:
@@ -137,7 +144,7 @@ class Hermes(ToolSyntax):
             "lark",
             f'start: (call "\\n"?){rep}\n'
             'call: "<tool_call>\\n" body "\\n</tool_call>"\n'
-            f"body: {_lark_json(_call_schema(tools, 'arguments'))}\n",
+            f"body: {lark_json(call_schema(tools, 'arguments'))}\n",
         )
 
 
@@ -202,7 +209,7 @@ class Llama3(ToolSyntax):
         rep = ' ("; " body)*' if parallel else ""
         return GrammarSpec(
             "lark",
-            f"start: body{rep}\nbody: {_lark_json(_call_schema(tools, 'parameters'))}\n",
+            f"start: body{rep}\nbody: {lark_json(call_schema(tools, 'parameters'))}\n",
         )
 
 
@@ -272,7 +279,7 @@ class Mistral(ToolSyntax):
         rep = ' (", " body)*' if parallel else ""
         return GrammarSpec(
             "lark",
-            f'start: "[" body{rep} "]"\nbody: {_lark_json(_call_schema(tools, "arguments"))}\n',
+            f'start: "[" body{rep} "]"\nbody: {lark_json(call_schema(tools, "arguments"))}\n',
         )
 
 
