@@ -99,8 +99,10 @@ async def tool_call_events(
     syntax: ToolSyntax,
     *,
     make_id: Callable[[], str] = new_call_id,
+    parallel: bool = True,
 ) -> AsyncIterator[GenerationEvent]:
-    """``events`` with tool calls split out of the text (see the module docstring)."""
+    """``events`` with tool calls split out of the text (see the module docstring); only the
+    first call is kept unless ``parallel``."""
     splitter = CallSplitter(syntax)
     async for ev in events:
         if isinstance(ev, TextDelta):
@@ -112,6 +114,8 @@ async def tool_call_events(
             yield ev
             continue
         content, calls = splitter.finish()
+        if not parallel:
+            calls = calls[:1]
         if content:
             yield TextDelta(text=content)
         for index, call in enumerate(calls):
