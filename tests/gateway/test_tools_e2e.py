@@ -1,0 +1,152 @@
+"""Tools end to end: a gateway over a real Qwen2.5-Coder-1.5B engine (its template takes
+tools), called with the real ``openai`` client: a required call whose arguments validate
+against the tool's schema, a text answer after a ``tool`` result, and streamed tool-call
+deltas that assemble to the non-streamed call."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import jsonschema
+import openai
+import pytest
+
+from tightwad.engine.engine_config import EngineConfig
+from tightwad.engine.server import EngineServer
+from tightwad.gateway.api import GatewaySettings
+from tightwad.gateway.engine_client import EngineClient
+from tightwad.gateway.loop import RouteSpec
+from tightwad.gateway.server import GatewayServer
+
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string"},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+    },
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather of a city",
+            "parameters": SCHEMA,
+        },
+    }
+]
+ASK = [{"role": "user", "content": "What is the weather in Paris, in celsius?"}]
+
+
+@pytest.fixture
+async def client(qwen_target_path: Path) -> AsyncIterator[openai.AsyncOpenAI]:
+    cfg = EngineConfig("qwen", qwen_target_path, ctx_size=2048, max_sessions=4, threads=2)
+    engine = EngineServer("127.0.0.1:0", engines=(cfg,))
+    address = await engine.start()
+    route = RouteSpec(
+        name="qwen", target=EngineClient(address, "qwen"), draft_mode="ngram", calibrate=False
+    )
+    gateway = GatewayServer([route], GatewaySettings(), host="127.0.0.1", port=0)
+    url = await gateway.start()
+    c = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    try:
+        yield c
+    finally:
+        await c.close()
+        await gateway.stop()
+        await engine.stop(grace=0.5)
+
+
+async def test_required_call_validates_against_the_schema(client: openai.AsyncOpenAI) -> None:
+    r = await client.chat.completions.create(
+        model="qwen",
+        messages=ASK,  # type: ignore[arg-type]
+        tools=TOOLS,  # type: ignore[arg-type]
+        tool_choice="required",
+        temperature=0,
+        max_tokens=96,
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    calls = choice.message.tool_calls or []
+    assert len(calls) >= 1
+    call = calls[0]
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert call.id.startswith("call_")
+    args = json.loads(call.function.arguments)
+    jsonschema.validate(args, SCHEMA)
+    assert "paris" in args["city"].lower()
+
+
+async def test_a_tool_result_gets_a_text_answer(client: openai.AsyncOpenAI) -> None:
+    history = [
+        *ASK,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {
+                        "name": "get_weather",
+                        "arguments": json.dumps({"city": "Paris", "unit": "celsius"}),
+                    },
+                }
+            ],
+        },
+        {
+            "role": "tool",
+            "tool_call_id": "call_1",
+            "content": '{"temperature": 21, "sky": "sunny"}',
+        },
+    ]
+    r = await client.chat.completions.create(
+        model="qwen",
+        messages=history,  # type: ignore[arg-type]
+        tools=TOOLS,  # type: ignore[arg-type]
+        temperature=0,
+        max_tokens=64,
+    )
+    choice = r.choices[0]
+    assert not choice.message.tool_calls
+    assert choice.finish_reason in ("stop", "length")
+    assert "21" in (choice.message.content or "")
+
+
+async def test_streamed_call_assembles_to_the_same_call(client: openai.AsyncOpenAI) -> None:
+    kw = {
+        "model": "qwen",
+        "messages": ASK,
+        "tools": TOOLS,
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "temperature": 0,
+        "max_tokens": 96,
+    }
+    whole = await client.chat.completions.create(**kw)  # type: ignore[call-overload]
+    expected = whole.choices[0].message.tool_calls
+    assert expected and len(expected) == 1
+    stream = await client.chat.completions.create(stream=True, **kw)  # type: ignore[call-overload]
+    name, args, ids, finish = "", "", set(), None
+    async for chunk in stream:
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        for tc in delta.tool_calls or []:
+            assert tc.index == 0
+            if tc.id:
+                ids.add(tc.id)
+                name += tc.function.name or ""
+            args += (tc.function.arguments or "") if tc.function else ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls"
+    assert len(ids) == 1 and next(iter(ids)).startswith("call_")
+    assert name == expected[0].function.name == "get_weather"
+    assert json.loads(args) == json.loads(expected[0].function.arguments)
+    jsonschema.validate(json.loads(args), SCHEMA)
