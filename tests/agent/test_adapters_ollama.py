@@ -15,6 +15,7 @@ import pytest
 from tightwad.engine.adapters.base import AdapterConfig
 from tightwad.engine.adapters.ollama import BYTES_PER_TOKEN, EOG_ID, OllamaEngine
 from tightwad.engine.contract import Message
+from tightwad.engine.grammar import json_object_spec
 from tightwad.errors import InvalidRequestError, UnavailableError
 from tightwad.spec.sampling import SamplingConfig
 
@@ -164,6 +165,17 @@ async def test_what_ollama_cannot_do_is_refused_clearly(engine: OllamaEngine) ->
         await engine.open_session(ids, SamplingConfig(logit_bias={1: 2.0}))
     with pytest.raises(InvalidRequestError, match="not UTF-8"):
         await engine.open_session([0xFF, 0xFE], SamplingConfig())
+    with pytest.raises(InvalidRequestError, match="grammar"):
+        await engine.open_session(ids, SamplingConfig(), grammar=json_object_spec())
+    tools = '[{"type": "function", "function": {"name": "f"}}]'
+    with pytest.raises(InvalidRequestError, match="tools") as err:
+        await engine.render_chat(
+            [Message("user", "Hi")], add_generation_prompt=True, tools_json=tools
+        )
+    assert err.value.param == "tools"
+    called = Message("assistant", "", tool_calls_json=tools)
+    with pytest.raises(InvalidRequestError, match="tools"):
+        await engine.render_chat([called], add_generation_prompt=True)
     assert engine.live_sessions == 0
 
 
