@@ -202,3 +202,43 @@ def test_lark_and_json_object_on_smollm(smollm_path: Path) -> None:
 def test_tokenizer_needs_an_eog_token() -> None:
     with pytest.raises(InvalidRequestError, match="end-of-generation"):
         GrammarTokenizer([b"a", b"b"], control=[], eog=[], tokenize=lambda b: [0])
+
+
+# -- tool-call grammars on Qwen2.5's vocabulary (its <tool_call> is one added token) --------
+
+
+@pytest.mark.engine
+def test_tool_grammars_take_qwens_own_call_tokens(qwen) -> None:
+    from tightwad.gateway.tools.grammar import tool_grammar
+    from tightwad.gateway.tools.request import Tool, ToolChoice
+
+    m, tok = qwen
+    tools = (
+        Tool(
+            "get_weather",
+            parameters={
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        ),
+    )
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    # How the model writes it: <tool_call> and </tool_call> are single tokens.
+    ids = m.tokenize(call, add_special=False, parse_special=True)
+    assert len(m.tokenize("<tool_call>", add_special=False, parse_special=True)) == 1
+    for mode in ("required", "auto"):
+        spec = tool_grammar(tools, ToolChoice(mode), "hermes", False)  # type: ignore[arg-type]
+        assert spec is not None
+        matcher = tok.matcher(spec)
+        assert matcher.valid_prefix(ids) == len(ids)
+        for t in ids:
+            matcher.consume(t)
+        assert matcher.is_accepting
+    required = tok.matcher(tool_grammar(tools, ToolChoice("required"), "hermes", False))  # type: ignore[arg-type]
+    required.consume(ids[0])
+    forced = m.detokenize(required.forced(), render_special=True)
+    assert forced.startswith(b'\n{"name": "get_weather", "arguments": {"')
+    auto = tok.matcher(tool_grammar(tools, ToolChoice("auto"), "hermes", False))  # type: ignore[arg-type]
+    words = m.tokenize("It is sunny in Paris.", add_special=False, parse_special=False)
+    assert auto.valid_prefix(words) == len(words)

@@ -104,6 +104,17 @@ def test_hermes_auto_text_before_calls_but_no_loose_marker() -> None:
     assert single is not None and not accepts(single, call + "\n" + call)
 
 
+def test_a_whole_auto_answer_validates_as_one_draft() -> None:
+    """The engine cuts a draft at its first token the grammar refuses: an answer with text
+    and calls must validate whole, or every draft would stop at the marker."""
+    spec = tool_grammar(TOOLS, ToolChoice("auto"), "hermes", True)
+    assert spec is not None
+    call = '<tool_call>\n{"name": "now", "arguments": {}}\n</tool_call>'
+    for text in (call, "Sure. " + call + "\n" + call, "just words"):
+        data = list(text.encode())
+        assert _TOK.matcher(spec).valid_prefix(data) == len(data)
+
+
 def test_forced_tokens_spell_the_call_frame() -> None:
     """After the marker the grammar forces the key: what the loop drafts for free."""
     spec = tool_grammar(TOOLS[:1], ToolChoice("required"), "hermes", False)

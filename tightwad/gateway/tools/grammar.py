@@ -43,7 +43,9 @@ def _auto(syntax: ToolSyntax, tools: Sequence[Tool], parallel: bool) -> GrammarS
         more = ' ("\\n" call)*' if parallel else ""
         source = (
             f"start: TEXT | head tail{more}\n"
-            'head[stop="<tool_call>"]: /(?s:.*)/\n'
+            # Lazy: the text ends at the first marker (a stop= lexeme would hide the marker
+            # from llguidance's draft validation, cutting drafts there).
+            f"head[lazy]: /(?s:.*){_regex_escape('<tool_call>')}/\n"
             'call: "<tool_call>" tail\n'
             'tail: "\\n" body "\\n</tool_call>"\n'
             f"body: {schema}\n"
