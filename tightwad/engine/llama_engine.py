@@ -339,9 +339,10 @@ class Engine:
                 f"model {self.cfg.model_id} has no chat template in its GGUF metadata; "
                 "use a completion prompt"
             )
-        extra = {"tools": _tools(tools_json)} if tools_json else None
         text = self._template.render(
-            messages, add_generation_prompt=add_generation_prompt, extra=extra
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            tools=_tools(tools_json) if tools_json else None,
         )
         tokens = await self.tokenize(text, add_special=True, parse_special=True)
         return text, tokens

@@ -51,5 +51,3 @@ async def rpc_hello(host: str, port: int, timeout_s: float = 2.0) -> str:
             if isinstance(exc, ConnectionRefusedError | TimeoutError):
                 break
     raise ProbeError(f"rpc hello to {host}:{port} failed: {last!r}")
-
-
