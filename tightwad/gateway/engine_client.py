@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from tightwad.engine.grammar import GrammarSpec
 from tightwad.engine.spec_wire import sampling_to_pb, sparse_to_pb
 from tightwad.errors import InvalidRequestError, UnavailableError, from_grpc_status
 from tightwad.rpc import client_channel, translate_rpc_error
@@ -23,6 +24,7 @@ from tightwad.v1 import engine_pb2, engine_pb2_grpc
 __all__ = [
     "DraftProposal",
     "EngineClient",
+    "GenerateEnd",
     "Generated",
     "Opened",
     "RemoteEngineInfo",
@@ -58,10 +60,18 @@ class Opened:
 
 @dataclass(frozen=True, slots=True)
 class Verified:
+    """One Verify round. Under a grammar: ``grammar_valid`` draft tokens were allowed (the
+    engine cut the draft at the first one it forbids), ``forced`` are the tokens the grammar
+    forces after ``next_token`` (a free draft for the next round), and ``grammar_done`` says
+    the grammar is complete after ``next_token`` (the output ends there)."""
+
     accepted: int
     next_token: int
     logprobs: tuple[Any, ...]
     verify_ms: float
+    grammar_valid: int = 0
+    forced: tuple[int, ...] = ()
+    grammar_done: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +80,20 @@ class Generated:
 
     token: int
     logprob: Any | None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateEnd:
+    """The last item of a Generate stream: why it ended (``stop``: a GenerateStop name, e.g.
+    ``GENERATE_STOP_GRAMMAR`` once the grammar is complete) and the tokens the grammar forces
+    after its last token."""
+
+    stop: str
+    forced: tuple[int, ...] = ()
+
+    @property
+    def grammar_done(self) -> bool:
+        return self.stop == "GENERATE_STOP_GRAMMAR"
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +251,10 @@ class RemoteSession:
         seed: int | None = None,
         top_logprobs: int = 0,
         logprobs: bool = False,
+        grammar: GrammarSpec | None = None,
     ) -> Opened:
+        """Open the session on ``prompt_tokens``; with ``grammar``, every token it emits is
+        constrained by it (the engine compiles it over its own vocabulary)."""
         await self._send(
             open=engine_pb2.OpenCommand(
                 model=self._client.model,
@@ -235,6 +262,11 @@ class RemoteSession:
                 sampling=sampling_to_pb(sampling, seed),
                 top_logprobs=top_logprobs,
                 logprobs=logprobs,
+                grammar=(
+                    engine_pb2.Grammar(kind=grammar.kind, source=grammar.source)
+                    if grammar is not None
+                    else None
+                ),
             )
         )
         resp = await self._read()
@@ -275,6 +307,9 @@ class RemoteSession:
             next_token=v.next_token_id,
             logprobs=tuple(v.logprobs),
             verify_ms=v.verify_ms,
+            grammar_valid=v.grammar_valid,
+            forced=tuple(v.forced_token_ids),
+            grammar_done=v.grammar_done,
         )
 
     async def draft(
@@ -321,9 +356,10 @@ class RemoteSession:
 
     async def generate(
         self, n: int, stop_token_ids: Sequence[int] = ()
-    ) -> AsyncGenerator[Generated, None]:
+    ) -> AsyncGenerator[Generated | GenerateEnd, None]:
         """Plain decoding of up to ``n`` tokens, streamed as the engine produces them (no round
-        trip per token). The engine stops early at an EOG token (yielded) or a stop token.
+        trip per token), then one :class:`GenerateEnd`. The engine stops early at an EOG token
+        (yielded) or a stop token, or after the token that completes the session's grammar.
         Leaving the iteration early leaves the stream busy: only :meth:`close`/:meth:`abort`
         may follow, and they cancel the rest."""
         await self._send(
@@ -338,6 +374,11 @@ class RemoteSession:
                 yield Generated(t.token_id, t.logprob if t.HasField("logprob") else None)
             elif kind == "generate_done":
                 self._streaming = False
+                done = resp.generate_done
+                yield GenerateEnd(
+                    stop=engine_pb2.GenerateStop.Name(done.stop),
+                    forced=tuple(done.forced_token_ids),
+                )
                 return
             else:
                 raise InvalidRequestError(f"unexpected {kind} during generate")

@@ -26,8 +26,9 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import TypeVar
 
+from tightwad.config import DRAFT_MODES, DraftMode
 from tightwad.errors import (
     ConfigError,
     ContextLengthError,
@@ -38,6 +39,7 @@ from tightwad.gateway.engine_client import (
     DraftProposal,
     EngineClient,
     Generated,
+    GenerateEnd,
     RemoteEngineInfo,
     RemoteSession,
     Verified,
@@ -51,6 +53,7 @@ from tightwad.gateway.types import (
     LogprobEntry,
     RouteInfo,
     TextDelta,
+    TokenOrigin,
     Usage,
 )
 from tightwad.logs import get_logger
@@ -60,13 +63,10 @@ from tightwad.spec.sampling import SamplingConfig, SparseDist
 from tightwad.spec.stops import OutputGuard
 from tightwad.spec.verify_cost import CALIBRATION_WIDTHS, VerifyCosts
 
-__all__ = ["DraftMode", "RouteSpec", "SpecBackend"]
+__all__ = ["RouteSpec", "SpecBackend"]
 
 log = get_logger("tightwad.gateway.loop")
 T = TypeVar("T")
-
-DraftMode = Literal["none", "ngram", "prediction", "hybrid", "model"]
-DRAFT_MODES: tuple[str, ...] = ("none", "ngram", "prediction", "hybrid", "model")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +75,7 @@ class RouteSpec:
 
     name: str
     target: EngineClient
-    draft_mode: DraftMode = "ngram"
+    draft_mode: DraftMode | str = DraftMode.NGRAM
     drafters: tuple[EngineClient, ...] = ()
     # Text-only drafters (Ollama): their text is tokenized by the target (text_draft.py).
     text_drafters: tuple[TextDrafter, ...] = ()
@@ -127,8 +127,14 @@ class _Counters:
     verify_ms: float = 0.0
     draft_failures: int = 0
     by_position: list[int] = field(default_factory=list)
+    forced_drafted: int = 0
+    forced_accepted: int = 0
 
-    def record_round(self, drafted: int, accepted: int) -> None:
+    def record_round(self, drafted: int, accepted: int, forced: int = 0) -> None:
+        """One target step: ``drafted`` tokens verified (the first ``forced`` of them forced by
+        the grammar), ``accepted`` of them accepted."""
+        self.forced_drafted += forced
+        self.forced_accepted += min(forced, accepted)
         if drafted == 0:
             self.plain_steps += 1
             return
@@ -200,11 +206,11 @@ class SpecBackend:
     def __init__(self, spec: RouteSpec) -> None:
         if spec.draft_mode not in DRAFT_MODES:
             raise ConfigError(
-                f"routes.{spec.name}.draft", f"unknown draft mode {spec.draft_mode!r}"
+                f"routes.{spec.name}.draft", f"unknown draft mode '{spec.draft_mode}'"
             )
         if spec.draft_mode in ("model", "hybrid") and not (spec.drafters or spec.text_drafters):
             raise ConfigError(
-                f"routes.{spec.name}.draft", f"draft mode {spec.draft_mode!r} needs a draft model"
+                f"routes.{spec.name}.draft", f"draft mode '{spec.draft_mode}' needs a draft model"
             )
         self.spec = spec
         self._info: RemoteEngineInfo | None = None
@@ -502,6 +508,7 @@ class _Run:
                 seed=r.seed,
                 top_logprobs=r.top_logprobs,
                 logprobs=r.logprobs,
+                grammar=r.grammar,
             )
         )
         self.prefill_ms, self.cached = opened.prefill_ms, opened.cached_tokens
@@ -512,22 +519,29 @@ class _Run:
         control = self._controller()
         drafts: list[int] = []
         q: list[SparseDist] | None = None
-        while not guard.finished:
+        # Tokens the grammar forces next: the next round's draft, at no drafting cost.
+        forced: tuple[int, ...] = ()
+        grammar_done = False
+        while not guard.finished and not grammar_done:
             room = n_ctx - len(self.prompt) - len(self.output)
             if room <= 0:
                 break
             # Tokens a round may still emit: draft no more than the budget can use.
             left = room if guard.max_tokens is None else min(room, guard.max_tokens - guard.count)
             t0 = time.perf_counter()
-            k, copy, t_draft = 0, False, 0.0
+            k, copy, t_draft, lead = 0, False, 0.0, 0
+            ngram_seen = len(self.ngram.tokens) if self.ngram is not None else 0
             if self.ahead:  # the plain step queued last round
                 self.ahead = False
                 res = await self._target_call(self.target.read_verified())
             else:
-                stretch = 0 if drafts else self._plain_stretch(control, room, guard)
+                stretch = 0 if (drafts or forced) else self._plain_stretch(control, room, guard)
                 if stretch > 1:
-                    async for delta in self._plain_run(stretch, guard, control):
-                        yield delta
+                    async for item in self._plain_run(stretch, guard, control):
+                        if isinstance(item, GenerateEnd):
+                            forced, grammar_done = item.forced, item.grammar_done
+                        else:
+                            yield item
                     continue
                 # Copy runs apply once a plain step has been measured (the goodput check
                 # needs it).
@@ -535,7 +549,25 @@ class _Run:
                 k = min(max(control.next_k(), run_k), self.spec.max_draft_tokens, left - 1)
                 if k > 0 and self.wants_drafter and self.opening is None:
                     self.opening = asyncio.create_task(self._open_drafter())
-                if not drafts:
+                if forced:
+                    # Forced tokens lead the draft (a pipelined guess gives way to them); the
+                    # route's proposer continues after them where k leaves room.
+                    head = list(forced[: max(0, min(left - 1, self.spec.max_draft_tokens))])
+                    lead, forced = len(head), ()
+                    self.from_model = False
+                    k = max(0, min(k, self.spec.max_draft_tokens - lead, left - 1 - lead))
+                    rest: list[int] = []
+                    rest_q: list[SparseDist] | None = None
+                    if self.ngram is not None:
+                        self.ngram.extend(head)
+                    if k > 0 or self.ngram is not None:
+                        self.shaped = False
+                        rest, rest_q, copy = await self._propose(k, left - 1 - lead, head)
+                        if self.shaped:
+                            k = len(rest)
+                    drafts = [*head, *rest]
+                    q = [*(SparseDist.one_hot(t) for t in head), *rest_q] if rest_q else None
+                elif not drafts:
                     self.from_model = False
                     if k > 0 or self.ngram is not None:
                         self.shaped = False
@@ -549,40 +581,68 @@ class _Run:
             elapsed = time.perf_counter() - t0
             self.c.draft_ms += t_draft * 1000.0
             self.c.verify_ms += res.verify_ms
-            self.c.record_round(len(drafts), res.accepted)
+            self.c.record_round(len(drafts), res.accepted, lead)
             if self.b.costs:
                 self.b.costs.observe(len(drafts) + 1, res.verify_ms / 1000.0)
-            if drafts:
-                control.record(k, len(drafts), res.accepted, elapsed, t_draft)
-            else:
+            # The controller learns from the proposer's part of the draft only: forced tokens
+            # cost no drafting and are always accepted.
+            own, own_acc = drafts[lead:], max(0, res.accepted - lead)
+            if own:
+                control.record(k, len(own), own_acc, elapsed, t_draft)
+            elif not lead:
                 control.record_plain(elapsed)
-            if copy and res.accepted < len(drafts) // 2:
+            if copy and own_acc < len(own) // 2:
                 self.copy_off_until = len(self.output) + self.copy_pause
                 self.copy_pause *= 2
-            elif copy and res.accepted == len(drafts):
+            elif copy and own_acc == len(own):
                 self.copy_pause = 16
-            self._update_run_k(max(k, len(drafts)), drafts, res.accepted, elapsed, control)
+            if own or not lead:
+                self._update_run_k(max(k, len(own)), own, own_acc, elapsed, control)
             block = [*drafts[: res.accepted], res.next_token]
             before = len(self.output)
             self.output.extend(block)
             if self.ngram is not None:
-                self.ngram.extend(block)
-            out = guard.push_block(block)
-            if out.text or out.kept:
-                yield TextDelta(
-                    text=out.text,
-                    token_ids=tuple(block[: out.kept]),
-                    logprobs=self._logprobs(res, out.kept),
-                )
-            if guard.finished:
+                if lead:  # the forced tokens were indexed before the lookup
+                    self.ngram.sync([*self.ngram.tokens[:ngram_seen], *block])
+                else:
+                    self.ngram.extend(block)
+            round_no = self.c.rounds + self.c.plain_steps
+            cut = min(lead, res.accepted)
+            parts: list[tuple[TokenOrigin, list[int]]] = [
+                ("forced", block[:cut]),
+                ("draft", block[cut : res.accepted]),
+                ("target" if drafts else "plain", block[res.accepted :]),
+            ]
+            offset, kept_all = 0, 0
+            for origin, toks in parts:
+                if not toks:
+                    continue
+                out = guard.push_block(toks)
+                kept_all += out.kept
+                if out.text or out.kept:
+                    yield TextDelta(
+                        text=out.text,
+                        token_ids=tuple(toks[: out.kept]),
+                        logprobs=self._logprobs(res, offset, out.kept),
+                        origin=origin,
+                        round=round_no,
+                    )
+                offset += len(toks)
+            if res.grammar_done and kept_all == len(block):
+                grammar_done = True  # the output is complete, even at max_tokens
+            if guard.finished or grammar_done:
                 break
+            # A plain step queued behind this one already took the first forced token.
+            forced = () if self.ahead else res.forced
             drafts, q = await self._after_round(drafts, res, before)
+            if forced:
+                drafts, q = [], None
         tail = guard.finish()
         if tail:
-            yield TextDelta(text=tail)
+            yield TextDelta(text=tail, round=self.c.rounds + self.c.plain_steps)
         self.done = True
         yield Finished(
-            finish_reason=guard.finish_reason or "length",
+            finish_reason="stop" if grammar_done else (guard.finish_reason or "length"),
             usage=Usage(prompt_tokens=len(self.prompt), completion_tokens=guard.count),
             stats=self._stats(),
         )
@@ -649,15 +709,19 @@ class _Run:
 
     async def _plain_run(
         self, n: int, guard: OutputGuard, control: _Control
-    ) -> AsyncGenerator[TextDelta, None]:
-        """Decode ``n`` plain tokens as one stream; each still counts as a plain step."""
+    ) -> AsyncGenerator[TextDelta | GenerateEnd, None]:
+        """Decode ``n`` plain tokens as one stream; each still counts as a plain step. Ends
+        with the stream's :class:`GenerateEnd` unless the output finished first."""
         assert self.target is not None
         gen = self.target.generate(n)
         async with contextlib.aclosing(gen):
             t_prev = time.perf_counter()
             while True:
-                g: Generated | None = await self._target_call(anext(gen, None))
+                g: Generated | GenerateEnd | None = await self._target_call(anext(gen, None))
                 if g is None:
+                    return
+                if isinstance(g, GenerateEnd):
+                    yield g
                     return
                 now = time.perf_counter()
                 step, t_prev = max(now - t_prev, 1e-6), now
@@ -678,7 +742,9 @@ class _Run:
                     yield TextDelta(
                         text=out.text,
                         token_ids=(g.token,) if out.kept else (),
-                        logprobs=self._logprobs(res, out.kept),
+                        logprobs=self._logprobs(res, 0, out.kept),
+                        origin="plain",
+                        round=self.c.rounds + self.c.plain_steps,
                     )
                 if guard.finished:
                     return  # the session is still streaming: cleanup cancels the rest
@@ -819,11 +885,16 @@ class _Run:
         self.draft = None
         self._cancel_pipeline()
 
-    async def _propose(self, k: int, room: int) -> tuple[list[int], list[SparseDist] | None, bool]:
-        """Drafts for this round (k = 0: only a copy), their q, and whether it is a copy."""
+    async def _propose(
+        self, k: int, room: int, head: Sequence[int] = ()
+    ) -> tuple[list[int], list[SparseDist] | None, bool]:
+        """Drafts for this round (k = 0: only a copy), their q, and whether it is a copy.
+        ``head``: forced tokens that lead this round's draft; the drafts continue after them
+        (the n-gram index already holds them; a prediction or a text drafter does not continue
+        a forced draft)."""
         copy_ok = len(self.output) >= self.copy_off_until
         k_copy = min(max(k, self.spec.copy_start_tokens), self.spec.max_draft_tokens, room)
-        if self.prediction is not None:
+        if self.prediction is not None and not head:
             # The output has followed the prediction for a while: copy it as wide as a copy.
             pred = self.prediction
             pred.sync(self.output)
@@ -846,14 +917,14 @@ class _Run:
                 return list(match.tokens[:k]), None, False
         if k <= 0:
             return [], None, False
-        if self.text_draft is not None:
+        if self.text_draft is not None and not head:
             drafts = await self.text_draft.propose(self.output, k)
             if self.text_draft.dropped:
                 self.c.draft_failures += 1
                 self.text_draft = None
             return drafts, None, False
         if self.draft is not None:
-            committed = [*self.prompt, *self.output]
+            committed = [*self.prompt, *self.output, *head]
             keep = self.draft_valid
             drafts, q = await self._model_draft(k, keep=keep, append=committed[keep:])
             self.from_model = bool(drafts)
@@ -944,12 +1015,13 @@ class _Run:
 
     # -- results ------------------------------------------------------------------------
 
-    def _logprobs(self, res: Verified, kept: int) -> tuple[LogprobEntry, ...]:
+    def _logprobs(self, res: Verified, offset: int, kept: int) -> tuple[LogprobEntry, ...]:
+        """Entries for the ``kept`` tokens of ``res``'s block from ``offset`` on."""
         if not (self.req.logprobs or self.req.top_logprobs) or not res.logprobs:
             return ()
         pieces = self.b._pieces
         out = []
-        for lp in res.logprobs[:kept]:
+        for lp in res.logprobs[offset : offset + kept]:
             raw = pieces[lp.token_id]
             out.append(
                 LogprobEntry(
@@ -982,6 +1054,8 @@ class _Run:
             cached_prompt_tokens=self.cached,
             draft_failures=c.draft_failures,
             accepted_by_position=tuple(c.by_position),
+            forced_drafted=c.forced_drafted,
+            forced_accepted=c.forced_accepted,
         )
 
     async def cleanup(self) -> None:

@@ -26,11 +26,15 @@ __all__ = [
     "LogprobEntry",
     "RouteInfo",
     "TextDelta",
+    "TokenOrigin",
     "ToolCallDelta",
     "Usage",
 ]
 
 FinishReason = Literal["stop", "length", "tool_calls"]
+# Where a delta's tokens came from: accepted draft tokens, the target's own token of a drafted
+# round (its correction or bonus), a plain step, or tokens a grammar forced (drafted for free).
+TokenOrigin = Literal["draft", "target", "plain", "forced"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +85,18 @@ class LogprobEntry:
 
 @dataclass(frozen=True, slots=True)
 class TextDelta:
-    """New output text (UTF-8-safe, stop strings already cut) and the tokens it came from."""
+    """New output text (UTF-8-safe, stop strings already cut) and the tokens it came from.
+
+    ``origin`` and ``round`` say where those tokens came from (the loop's round number, 0 for
+    text outside a round such as an echo): a dashboard colours tokens by them, the OpenAI
+    renderers ignore them. Text held back by the detokenizer or a stop-string scan comes out
+    with a later delta, so a delta's text can lag its tokens."""
 
     text: str
     token_ids: tuple[int, ...] = ()
     logprobs: tuple[LogprobEntry, ...] = ()
+    origin: TokenOrigin = "plain"
+    round: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +124,9 @@ class GenerationStats:
     cached_prompt_tokens: int = 0
     draft_failures: int = 0
     accepted_by_position: tuple[int, ...] = ()
+    # Grammar-forced tokens sent as drafts (included in drafted/accepted too).
+    forced_drafted: int = 0
+    forced_accepted: int = 0
 
     @property
     def mean_accepted_length(self) -> float:
@@ -134,6 +148,8 @@ class GenerationStats:
             "cached_prompt_tokens": self.cached_prompt_tokens,
             "draft_failures": self.draft_failures,
             "accepted_by_position": list(self.accepted_by_position),
+            "forced_drafted": self.forced_drafted,
+            "forced_accepted": self.forced_accepted,
         }
 
 
