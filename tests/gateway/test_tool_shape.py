@@ -170,3 +170,57 @@ def test_probe_conversation_names_qwens_syntax(qwen_target_path: Path) -> None:
     msgs = [Message("user", "x"), Message("assistant", "", tool_calls_json=json.dumps([call]))]
     assert syntax_of_rendered(template.render(msgs, tools=[PROBE_TOOL])) == "hermes"
     assert syntax_of_rendered(template.render(msgs[:1])) is None
+
+
+async def test_hermes_arguments_stream_while_they_are_generated() -> None:
+    """The id and name come once the name is known, argument pieces as they arrive, before
+    the block closes."""
+    pieces = [
+        "<tool_call>\n",
+        '{"name": "get_weather", "argu',
+        'ments": {"city": "Pa',
+        'ris \\"}\\" x", "days": 2',
+        "}}\n</tool_call>",
+    ]
+
+    async def events() -> AsyncIterator[GenerationEvent]:
+        for p in pieces:
+            yield TextDelta(text=p, token_ids=(1,))
+            seen.append(p)
+        yield Finished("stop", Usage(3, 5), GenerationStats())
+
+    seen: list[str] = []
+    got: list[tuple[int, ToolCallDelta]] = []
+    ids = iter(["call_live"])
+    async for e in shape_tool_calls(events(), _request("auto"), make_id=lambda: next(ids)):
+        if isinstance(e, ToolCallDelta):
+            got.append((len(seen), e))
+    first = got[0][1]
+    assert (first.id, first.name, first.arguments) == ("call_live", "get_weather", "")
+    # (len(seen) is the number of pieces before the one being handled.) The head is known
+    # with the third piece, whose argument text comes at once; then one piece each.
+    assert got[0][0] == 2
+    assert [n for n, _ in got[1:]] == [2, 3, 4]
+    args = "".join(d.arguments for _, d in got)
+    assert json.loads(args) == {"city": 'Paris "}" x', "days": 2}
+
+
+async def test_unusual_blocks_and_cut_calls() -> None:
+    # Arguments before the name: parsed whole once the block closes.
+    odd = '<tool_call>\n{"arguments": {"city": "Rome"}, "name": "get_weather"}\n</tool_call>'
+    out = await _shape(_split(odd, [7, 30, 51]), _request("auto"))
+    calls = assemble_tool_calls([e for e in out if isinstance(e, ToolCallDelta)])
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == [  # type: ignore[index]
+        ("get_weather", {"city": "Rome"})
+    ]
+    # A call cut by the length limit: what was generated, and finish_reason length.
+    ids = iter(["call_cut"])
+    cut = [
+        e
+        async for e in shape_tool_calls(
+            _events([CALL[:60]], "length"), _request("auto"), make_id=lambda: next(ids)
+        )
+    ]
+    deltas = [e for e in cut if isinstance(e, ToolCallDelta)]
+    assert deltas[0].name == "get_weather"
+    assert isinstance(cut[-1], Finished) and cut[-1].finish_reason == "length"

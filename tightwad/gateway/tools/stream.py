@@ -17,9 +17,10 @@ gives exactly the non-streamed answer.
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import replace
 
+from tightwad.gateway.tools.live import LiveCalls
 from tightwad.gateway.tools.syntax import ParsedCall, ToolSyntax
 from tightwad.gateway.types import Finished, GenerationEvent, TextDelta, ToolCallDelta
 
@@ -73,6 +74,11 @@ class CallSplitter:
         self._held = buf[len(buf) - keep :] if keep else ""
         return buf[: len(buf) - keep]
 
+    @property
+    def region(self) -> str | None:
+        """The output from the first call marker on (``None`` before one)."""
+        return self._region
+
     def finish(self) -> tuple[str, list[ParsedCall]]:
         """The output ended: the last content and the calls."""
         if self._region is None:
@@ -104,29 +110,44 @@ async def tool_call_events(
     """``events`` with tool calls split out of the text (see the module docstring); only the
     first call is kept unless ``parallel``."""
     splitter = CallSplitter(syntax)
+    # Hermes calls stream while they are generated; the other families' at the end.
+    live = LiveCalls(make_id, parallel=parallel) if syntax.name == "hermes" else None
     async for ev in events:
         if isinstance(ev, TextDelta):
             text = splitter.feed(ev.text)
             if text or ev.token_ids:
                 yield replace(ev, text=text, logprobs=ev.logprobs if text else ())
+            if live is not None and splitter.region is not None:
+                for delta in live.feed(splitter.region):
+                    yield delta
             continue
         if not isinstance(ev, Finished):
             yield ev
             continue
-        content, calls = splitter.finish()
-        if not parallel:
-            calls = calls[:1]
+        if live is not None and splitter.region is not None:
+            content, last = live.finish()
+            made = live.calls
+        else:
+            content, calls = splitter.finish()
+            if not parallel:
+                calls = calls[:1]
+            last = list(_deltas(calls, make_id))
+            made = len(calls)
         if content:
             yield TextDelta(text=content)
-        for index, call in enumerate(calls):
-            call_id = make_id()
-            yield ToolCallDelta(index=index, id=call_id, name=call.name, arguments="")
-            args = call.arguments
-            for start in range(0, len(args), ARGUMENT_PIECE):
-                yield ToolCallDelta(index=index, arguments=args[start : start + ARGUMENT_PIECE])
-        if calls and ev.finish_reason == "stop":
+        for delta in last:
+            yield delta
+        if made and ev.finish_reason == "stop":
             ev = replace(ev, finish_reason="tool_calls")
         yield ev
+
+
+def _deltas(calls: Sequence[ParsedCall], make_id: Callable[[], str]) -> Iterator[ToolCallDelta]:
+    for index, call in enumerate(calls):
+        yield ToolCallDelta(index=index, id=make_id(), name=call.name, arguments="")
+        args = call.arguments
+        for start in range(0, len(args), ARGUMENT_PIECE):
+            yield ToolCallDelta(index=index, arguments=args[start : start + ARGUMENT_PIECE])
 
 
 def tool_call_chunk(delta: ToolCallDelta) -> dict[str, object]:
