@@ -58,7 +58,7 @@ def test_a_model_that_fits_goes_entirely_on_the_gpu() -> None:
     (share,) = plan.shares
     assert (share.first_layer, share.n_layers, share.holds_output) == (0, 10, True)
     assert share.weight_bytes == 10 * 50 * MiB + 40 * MiB
-    assert plan.devices == () and plan.tensor_split == ()
+    assert plan.devices == ("Vulkan0",) and plan.tensor_split == ()
     assert plan.summary() == (
         f"10/10 layers on Vulkan0 (Vulkan0 gpu), 540.0 MiB; KV {plan.kv_bytes / MiB:.1f} MiB"
     )

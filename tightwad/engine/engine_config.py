@@ -22,7 +22,7 @@ class EngineConfig:
     :func:`tightwad.engine.offload.plan_for_config`: as many layers as fit on the GPUs ggml sees
     in this process (on ``devices`` when named), 0 when it sees none; the plan is kept in
     ``offload`` (``offload.summary()`` is the line to print at start). An int overrides it
-    (``-1``: all layers), as ``--gpu-layers`` does; a plan over several GPUs also fills
+    (``-1``: all layers), as ``--gpu-layers`` does; a plan that offloads also fills
     ``devices`` and ``tensor_split`` when they were not given."""
 
     model_id: str

@@ -97,7 +97,8 @@ class DeviceShare:
 @dataclass(frozen=True, slots=True)
 class OffloadPlan:
     """Where a model goes. ``n_gpu_layers`` is llama.cpp's value; ``shares`` follow the device
-    order; ``devices``/``tensor_split`` are what to pass when more than one device is used."""
+    order; ``devices`` names them for llama.cpp (empty when nothing is offloaded) and
+    ``tensor_split`` splits the layers between them (empty for one device)."""
 
     n_layers: int
     n_gpu_layers: int
@@ -220,7 +221,7 @@ def plan_offload(
         cpu_weight_bytes=cpu_weights,
         kv_bytes=kv_total,
         reason=reason,
-        devices=tuple(s.device.name for s in shares) if len(shares) > 1 else (),
+        devices=tuple(s.device.name for s in shares),
         tensor_split=_split(shares) if len(shares) > 1 else (),
     )
 

@@ -1,0 +1,212 @@
+"""The GPU path on a real ggml GPU backend: Vulkan (Mesa's llvmpipe here, a real GPU elsewhere).
+
+1. An engine with the default offload plan puts every layer of SmolLM2 on Vulkan0 and its
+   greedy output equals the CPU engine's, or first differs at a near-tie of the CPU run's top
+   two logprobs (tests/support.py: Vulkan's kernels round differently from the CPU's).
+2. The agent's inventory and ``tightwad-agent --check`` list Vulkan0 with ggml's memory.
+3. ``ggml-rpc-server`` of the Vulkan build serves Vulkan0, and a CPU-only ``llama-server``
+   pooled over it puts every layer there and generates the CPU engine's tokens (or near-tie).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from support import assert_equal_or_near_tie
+
+from gpu.vk import child_env
+from tightwad.agent.binaries import BinaryKind, find_binary
+from tightwad.agent.check import built_backend
+from tightwad.agent.inventory import Backend, SubprocessRunner, collect_inventory
+
+pytestmark = [pytest.mark.gpu, pytest.mark.engine]
+
+CHILD = Path(__file__).with_name("greedy_child.py")
+AGENT = Path(sys.executable).with_name("tightwad-agent")
+PROMPTS = ["What is the capital of Spain?", "Write a Python function that adds two numbers."]
+N = 20
+MIB = 1 << 20
+
+
+def _greedy(model: Path, *, vulkan: bool) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, str(CHILD), str(model), str(N), *PROMPTS],
+        env=child_env(vulkan=vulkan),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    (line,) = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+    return dict(json.loads(line[len("RESULT ") :]))
+
+
+@pytest.fixture(scope="module")
+def cpu_reference(smollm_path: Path) -> dict[str, object]:
+    ref = _greedy(smollm_path, vulkan=False)
+    assert ref["gpu_layers"] == 0 and ref["placement"] == [["CPU", 30]]
+    return ref
+
+
+def test_engine_offloads_every_layer_to_vulkan_and_matches_the_cpu(
+    vulkan_device: dict[str, object], smollm_path: Path, cpu_reference: dict[str, object]
+) -> None:
+    gpu = _greedy(smollm_path, vulkan=True)
+    assert gpu["gpu_layers"] == 31  # 30 layers + the output head, chosen by the planner
+    assert gpu["devices"] == ["Vulkan0"] and gpu["placement"] == [["Vulkan0", 30]]
+    assert str(gpu["summary"]).startswith("30/30 layers on Vulkan0 (llvmpipe), ")
+    for ref, run in zip(cpu_reference["runs"], gpu["runs"], strict=True):  # type: ignore[call-overload]
+        assert run["prompt"] == ref["prompt"] and len(run["tokens"]) == N
+        assert_equal_or_near_tie(ref["tokens"], run["tokens"], ref["gaps"], "Vulkan0 vs CPU")
+
+
+async def test_inventory_and_check_list_the_vulkan_device(vulkan_device: dict[str, object]) -> None:
+    report = await collect_inventory(
+        SubprocessRunner(env=child_env(vulkan=True)),
+        llama_server=find_binary(BinaryKind.LLAMA_SERVER),
+    )
+    (vk,) = [d for d in report.devices if d.ggml_name == "Vulkan0"]
+    assert vk.backend is Backend.VULKAN and vk.is_gpu
+    assert vk.memory_total_bytes == vulkan_device["memory_total_bytes"] > 0
+    assert vk.id == f"ggml:{report.host.hostname}:Vulkan0" or vk.id.startswith("pci:")
+    assert report.device(vk.id) == vk
+
+
+def test_agent_check_lists_the_vulkan_device(vulkan_device: dict[str, object]) -> None:
+    out = subprocess.run(
+        [str(AGENT), "--check"],
+        env=child_env(vulkan=True),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    gib = int(vulkan_device["memory_total_bytes"]) / (1 << 30)  # type: ignore[call-overload]
+    (line,) = [x for x in out.stdout.splitlines() if ":Vulkan0: " in x or "pci:" in x]
+    assert line.startswith("[ok] device ") and f"{vulkan_device['description']} (vulkan)" in line
+    assert line.endswith(f"of {gib:.1f} GiB free")
+    assert "[ok] llama-cpp-python backend: vulkan" in out.stdout
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"{what} exited with {proc.returncode}"
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} did not listen on {port}")
+
+
+def _wait_health(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"llama-server exited with {proc.returncode}"
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError("llama-server did not become healthy")
+
+
+def _complete(url: str, tokens: list[int]) -> list[int]:
+    body = {
+        "prompt": tokens,
+        "n_predict": N,
+        "temperature": 0,
+        "top_k": 1,
+        "cache_prompt": False,
+        "return_tokens": True,
+        "ignore_eos": True,
+    }
+    req = urllib.request.Request(
+        f"{url}/completion", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=300) as r:
+        return list(json.loads(r.read())["tokens"])
+
+
+@pytest.mark.cluster
+def test_llama_server_pooled_over_a_vulkan_rpc_server(
+    vulkan_device: dict[str, object],
+    smollm_path: Path,
+    cpu_reference: dict[str, object],
+    tmp_path: Path,
+) -> None:
+    rpc_bin = find_binary(BinaryKind.RPC_SERVER)
+    server_bin = find_binary(BinaryKind.LLAMA_SERVER)
+    if built_backend(rpc_bin) != "vulkan":
+        pytest.skip(f"{rpc_bin} is not the Vulkan build ({built_backend(rpc_bin)})")
+    rpc_port, http_port = _port(), _port()
+    rpc_log, server_log = tmp_path / "rpc.log", tmp_path / "server.log"
+    with rpc_log.open("wb") as rl, server_log.open("wb") as sl:
+        rpc = subprocess.Popen(
+            [str(rpc_bin), "-H", "127.0.0.1", "-p", str(rpc_port), "-d", "Vulkan0"],
+            env=child_env(vulkan=True),
+            stdout=rl,
+            stderr=subprocess.STDOUT,
+        )
+        server = None
+        try:
+            _wait_port(rpc_port, rpc, "ggml-rpc-server")
+            # The coordinator sees no local GPU (Vulkan hidden): every layer must go over RPC.
+            server = subprocess.Popen(
+                [
+                    str(server_bin),
+                    "-m",
+                    str(smollm_path),
+                    "--rpc",
+                    f"127.0.0.1:{rpc_port}",
+                    "-ngl",
+                    "99",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(http_port),
+                    "-c",
+                    "1024",
+                    "-np",
+                    "1",
+                    "-t",
+                    "2",
+                    "-fa",
+                    "on",
+                    "-lv",
+                    "4",  # the load_tensors / buffer-size lines
+                    "--no-webui",
+                ],
+                env=child_env(vulkan=False),
+                stdout=sl,
+                stderr=subprocess.STDOUT,
+            )
+            url = f"http://127.0.0.1:{http_port}"
+            _wait_health(url, server)
+            for ref in cpu_reference["runs"]:  # type: ignore[attr-defined]
+                got = _complete(url, ref["prompt"])
+                assert_equal_or_near_tie(ref["tokens"], got, ref["gaps"], "RPC(Vulkan0) vs CPU")
+        finally:
+            for proc in (server, rpc):
+                if proc is not None:
+                    proc.terminate()
+                    proc.wait(timeout=30)
+    banner = rpc_log.read_text(errors="replace")
+    assert "Vulkan0" in banner, banner[-2000:]
+    log = server_log.read_text(errors="replace")
+    assert re.search(r"offloaded 31/31 layers to GPU", log), log[-3000:]
+    assert re.search(r"RPC\S* model buffer size =\s+[\d.]+ MiB", log), log[-3000:]
