@@ -45,6 +45,8 @@ class EngineConfig:
     offload: OffloadPlan | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.path, Path):  # a str from a caller's own code
+            object.__setattr__(self, "path", Path(self.path))
         if self.gpu_layers != "auto":
             if not isinstance(self.gpu_layers, int) or isinstance(self.gpu_layers, bool):
                 raise ValueError(
