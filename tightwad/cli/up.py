@@ -157,10 +157,28 @@ def _banner(stack: Stack, opts: UpOptions, name: str) -> str:
     )
 
 
+async def _offload_lines(stack: Stack) -> str:
+    """Where each embedded model went: its offload plan's summary (``30/30 layers on Vulkan0
+    (llvmpipe), 103.4 MiB; KV 48.0 MiB``), else llama.cpp's layers per device."""
+    agent = stack.built.agent
+    lines = []
+    for engine in agent.registry.all() if agent is not None else ():
+        summary = getattr(engine.cfg, "offload_summary", None)
+        if summary is None:  # an HTTP backend: its server placed the model
+            continue
+        if not summary:
+            devices = (await engine.info()).devices
+            summary = " + ".join(f"{n} layers on {d}" for d, n in devices) or "no layers placed"
+        lines.append(f"  {engine.cfg.model_id}: {summary}")
+    return "\n".join(["Placement:", *lines]) if lines else ""
+
+
 async def _serve(opts: UpOptions) -> int:
     stack = await start_stack(opts)
     name = next(iter(stack.gateway.backends))
     print(_banner(stack, opts, name), flush=True)
+    if placement := await _offload_lines(stack):
+        print(placement, flush=True)
     return await run_until_signal(stack.stop, "tightwad")
 
 

@@ -377,13 +377,18 @@ class GatewayConfig:
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
-    """Defaults for embedded llama.cpp engines. ``threads=None``: llama.cpp decides."""
+    """Defaults for embedded llama.cpp engines. ``threads=None``: llama.cpp decides.
+
+    ``n_gpu_layers``: ``"auto"`` (as many layers as fit on this host's GPUs, planned when the
+    engine loads: :func:`tightwad.engine.offload.plan_for_config`) or llama.cpp's number
+    (``-1`` all, ``0`` none). The default is still ``-1`` until every reader passes ``"auto"``
+    through to :class:`tightwad.engine.engine_config.EngineConfig` (the gateway clamps it)."""
 
     threads: int | None = None
     ctx_size: int = 8192
     batch_size: int = 512
     max_sessions: int = 4
-    n_gpu_layers: int = -1
+    n_gpu_layers: int | Literal["auto"] = -1
 
 
 @dataclass(frozen=True, slots=True)

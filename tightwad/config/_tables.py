@@ -16,6 +16,7 @@ from tightwad.config._fields import (
     Parser,
     boolean,
     choice,
+    describe,
     env_map,
     host,
     http_url,
@@ -99,6 +100,17 @@ def _flash_attn(doc: Document, path: str, value: object) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     parse: Parser[str] = choice(FLASH_ATTN)
+    return parse(doc, path, value)
+
+
+def gpu_layers(doc: Document, path: str, value: object) -> int | str:
+    """``auto`` (as many layers as fit on this host's GPUs, planned at load) or an integer:
+    that many layers off the CPU, ``-1`` all of them, ``0`` none."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str):
+        raise doc.error(path, f"expected 'auto' or an integer >= -1, got {describe(value)}")
+    parse: Parser[int] = integer(-1)
     return parse(doc, path, value)
 
 
@@ -218,7 +230,7 @@ ENGINE = {
     "ctx_size": Field(integer(1), 8192),
     "batch_size": Field(integer(1), 512),
     "max_sessions": Field(integer(1), 4),
-    "n_gpu_layers": Field(integer(-1), -1),
+    "n_gpu_layers": Field(gpu_layers, EngineConfig().n_gpu_layers),
 }
 
 
