@@ -54,7 +54,14 @@ __all__ = [
     "TOKEN_ENV_VAR",
     "CtlContext",
     "build_parser",
+    "deploy",
+    "execute",
     "main",
+    "resolve_context",
+    "run_bench",
+    "show_status",
+    "stop",
+    "swap",
 ]
 
 EXIT_OK = 0
@@ -66,6 +73,7 @@ TOKEN_ENV_VAR = "TIGHTWAD_TOKEN"
 TLS_ENV_VARS = ("TIGHTWAD_TLS_CA", "TIGHTWAD_TLS_CERT", "TIGHTWAD_TLS_KEY")
 _TLS_FLAGS = ("--tls-ca", "--tls-cert", "--tls-key")
 BENCH_MODULE = "benchmarks.run"
+DEFAULT_WAIT_S = 600.0
 _TERMINAL = (DeploymentState.SERVING, DeploymentState.FAILED, DeploymentState.STOPPED)
 
 
@@ -115,7 +123,7 @@ def _add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _add_model_options(deploy)
     deploy.add_argument("--mode", choices=["engine", "llama-server"], default="engine")
     deploy.add_argument("--wait", action="store_true", help="wait until it serves (or fails)")
-    deploy.add_argument("--wait-timeout", type=float, default=600.0, metavar="S")
+    deploy.add_argument("--wait-timeout", type=float, default=DEFAULT_WAIT_S, metavar="S")
     swap = sub.add_parser("swap", help="serve another model on a deployment's devices")
     swap.add_argument("deployment", nargs="?", help="id or model (default: the only running one)")
     swap.add_argument("model")
@@ -181,23 +189,48 @@ def _config(path: str | None, env: Mapping[str, str]) -> ClusterConfig | None:
 
 
 def context_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> CtlContext:
-    cfg = _config(args.config, env)
-    address = args.controller or (
+    return resolve_context(
+        env,
+        config=args.config,
+        controller=args.controller,
+        token=args.token,
+        tls_files=(args.tls_ca, args.tls_cert, args.tls_key),
+        timeout=args.timeout,
+        json=args.json,
+    )
+
+
+def resolve_context(
+    env: Mapping[str, str],
+    *,
+    config: str | None = None,
+    controller: str | None = None,
+    token: str | None = None,
+    tls_files: tuple[str | None, str | None, str | None] = (None, None, None),
+    timeout: float = 10.0,
+    json: bool = False,
+) -> CtlContext:
+    """Where and how to connect: each setting from its flag (the keyword), else the
+    environment, else the cluster file, else the default (the module docstring's order)."""
+    cfg = _config(config, env)
+    address = controller or (
         cfg.controller.dial_address if cfg else ControllerConfig().dial_address
     )
-    token = args.token or env.get(TOKEN_ENV_VAR) or (cfg.cluster.token if cfg else None)
-    if args.timeout <= 0:
-        raise InvalidRequestError(f"--timeout must be > 0, got {args.timeout:g}")
-    credentials = _credentials(args, env, cfg)
-    return CtlContext(address, token or None, args.timeout, args.json, cfg, credentials)
+    token = token or env.get(TOKEN_ENV_VAR) or (cfg.cluster.token if cfg else None)
+    if timeout <= 0:
+        raise InvalidRequestError(f"--timeout must be > 0, got {timeout:g}")
+    credentials = _credentials(tls_files, env, cfg)
+    return CtlContext(address, token or None, timeout, json, cfg, credentials)
 
 
 def _credentials(
-    args: argparse.Namespace, env: Mapping[str, str], cfg: ClusterConfig | None
+    flags: tuple[str | None, str | None, str | None],
+    env: Mapping[str, str],
+    cfg: ClusterConfig | None,
 ) -> grpc.ChannelCredentials | None:
     """Mutual TLS from the flags, else the environment, else ``cluster.tls``; files read now."""
     for values, names in (
-        ([args.tls_ca, args.tls_cert, args.tls_key], _TLS_FLAGS),
+        (list(flags), _TLS_FLAGS),
         ([env.get(name) for name in TLS_ENV_VARS], TLS_ENV_VARS),
     ):
         if any(values):
@@ -233,10 +266,17 @@ def _error(text: str) -> None:
 
 # --- commands -----------------------------------------------------------------------------
 
-Command = Callable[[ControllerClient, CtlContext, argparse.Namespace], Awaitable[int]]
+ArgsCommand = Callable[[ControllerClient, CtlContext, argparse.Namespace], Awaitable[int]]
+Command = Callable[[ControllerClient, CtlContext], Awaitable[int]]
+"""An operation on a connected controller client, run by :func:`execute`."""
 
 
 async def cmd_status(c: ControllerClient, ctx: CtlContext, args: argparse.Namespace) -> int:
+    return await show_status(c, ctx)
+
+
+async def show_status(c: ControllerClient, ctx: CtlContext) -> int:
+    """The controller, its nodes and deployments, as text or one JSON document."""
     s = await c.status()
     if ctx.json:
         emit_json(render.status_dict(s, ctx.address))
@@ -341,11 +381,25 @@ async def _find(c: ControllerClient, deployment_id: str) -> Deployment:
 
 
 async def cmd_deploy(c: ControllerClient, ctx: CtlContext, args: argparse.Namespace) -> int:
-    dep = await c.deploy(spec_from_args(args))
-    if args.wait and dep.state not in _TERMINAL:
+    return await deploy(
+        c, ctx, spec_from_args(args), wait=args.wait, wait_timeout=args.wait_timeout
+    )
+
+
+async def deploy(
+    c: ControllerClient,
+    ctx: CtlContext,
+    spec: DeploymentSpec,
+    *,
+    wait: bool = False,
+    wait_timeout: float = DEFAULT_WAIT_S,
+) -> int:
+    """Place and serve ``spec``; with ``wait``, follow it until it serves or fails."""
+    dep = await c.deploy(spec)
+    if wait and dep.state not in _TERMINAL:
         if not ctx.json:
             emit(f"deploying {dep.deployment_id}: {dep.spec.model} (waiting to serve)")
-        return await _wait(c, ctx, dep, args.wait_timeout)
+        return await _wait(c, ctx, dep, wait_timeout)
     _show_deployment(ctx, dep, "deployed")
     return EXIT_OK
 
@@ -376,8 +430,13 @@ async def resolve_deployment(c: ControllerClient, ref: str | None) -> Deployment
 
 
 async def cmd_swap(c: ControllerClient, ctx: CtlContext, args: argparse.Namespace) -> int:
-    old = await resolve_deployment(c, args.deployment)
-    dep = await c.swap(old.deployment_id, spec_from_args(args))
+    return await swap(c, ctx, args.deployment, spec_from_args(args))
+
+
+async def swap(c: ControllerClient, ctx: CtlContext, ref: str | None, spec: DeploymentSpec) -> int:
+    """Serve ``spec`` on the devices of deployment ``ref`` (see :func:`resolve_deployment`)."""
+    old = await resolve_deployment(c, ref)
+    dep = await c.swap(old.deployment_id, spec)
     _show_deployment(ctx, dep, "swapped")
     return EXIT_OK
 
@@ -385,10 +444,13 @@ async def cmd_swap(c: ControllerClient, ctx: CtlContext, args: argparse.Namespac
 async def cmd_stop(c: ControllerClient, ctx: CtlContext, args: argparse.Namespace) -> int:
     if args.all == (args.deployment is not None):
         raise InvalidRequestError("name a DEPLOYMENT (id or model) or give --all, not both")
-    if args.all:
-        targets = _running(await c.deployments())
-    else:
-        targets = [await resolve_deployment(c, args.deployment)]
+    return await stop(c, ctx, None if args.all else args.deployment)
+
+
+async def stop(c: ControllerClient, ctx: CtlContext, ref: str | None) -> int:
+    """Stop deployment ``ref`` (see :func:`resolve_deployment`), or every running one when
+    ``ref`` is None."""
+    targets = _running(await c.deployments()) if ref is None else [await resolve_deployment(c, ref)]
     stopped = [await c.stop(d.deployment_id) for d in targets]
     if ctx.json:
         emit_json([render.deployment_dict(d) for d in stopped])
@@ -441,7 +503,7 @@ async def cmd_logs(c: ControllerClient, ctx: CtlContext, args: argparse.Namespac
     return EXIT_OK
 
 
-COMMANDS: dict[str, Command] = {
+COMMANDS: dict[str, ArgsCommand] = {
     "status": cmd_status,
     "nodes": cmd_nodes,
     "gpus": cmd_gpus,
@@ -454,11 +516,6 @@ COMMANDS: dict[str, Command] = {
     "events": cmd_events,
     "logs": cmd_logs,
 }
-
-
-async def run_command(ctx: CtlContext, args: argparse.Namespace) -> int:
-    async with ctx.client() as client:
-        return await COMMANDS[args.command](client, ctx, args)
 
 
 # --- bench --------------------------------------------------------------------------------
@@ -499,6 +556,35 @@ def token_message(service: str) -> str:
     )
 
 
+def execute(
+    make_context: Callable[[], CtlContext],
+    command: Callable[[ControllerClient, CtlContext], Awaitable[int]],
+) -> int:
+    """Resolve the context, run ``command`` on a connected client and return its exit code;
+    errors are printed (never a token) and mapped to the exit codes of the module docstring."""
+    try:
+        ctx = make_context()
+        return asyncio.run(_with_client(ctx, command))
+    except ControllerUnreachable as exc:
+        _error(unreachable_message(exc.address, exc.reason))
+        return EXIT_UNREACHABLE
+    except TokenRefused as exc:
+        _error(token_message(exc.service))
+        return EXIT_TOKEN
+    except TightwadError as exc:
+        _error(exc.message)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+async def _with_client(
+    ctx: CtlContext, command: Callable[[ControllerClient, CtlContext], Awaitable[int]]
+) -> int:
+    async with ctx.client() as client:
+        return await command(client, ctx)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -512,20 +598,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not structlog.is_configured():  # under `tightwad`, the umbrella already did
         configure_logging(args.log_level)
-    try:
-        ctx = context_from_args(args, os.environ)
-        return asyncio.run(run_command(ctx, args))
-    except ControllerUnreachable as exc:
-        _error(unreachable_message(exc.address, exc.reason))
-        return EXIT_UNREACHABLE
-    except TokenRefused as exc:
-        _error(token_message(exc.service))
-        return EXIT_TOKEN
-    except TightwadError as exc:
-        _error(exc.message)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    run = COMMANDS[args.command]
+    return execute(lambda: context_from_args(args, os.environ), lambda c, ctx: run(c, ctx, args))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""The seed project's verbs on the ``tightwad`` umbrella, mapped onto this system.
+"""The seed project's verbs on the ``tightwad`` umbrella, mapped onto this system: each
+calls the ``tightwadctl`` operation it names (a function of :mod:`tightwad.cli.ctl`, not its
+command line).
 
 ===========================  ================================================================
 ``tightwad status``          ``tightwadctl status``: controller, nodes, deployments
@@ -24,7 +26,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +42,7 @@ from tightwad.config import (
     ModelRef,
     load_config,
 )
+from tightwad.controller.domain import DeploymentSpec, ServeMode
 from tightwad.errors import TightwadError
 from tightwad.gateway.assemble import Overrides, Stack, assemble, listen_address
 
@@ -113,17 +116,23 @@ def _controller_hint(config_path: str | None) -> str:
     )
 
 
-def _ctl(args: argparse.Namespace, verb: Sequence[str]) -> int:
-    common = ["-c", args.config] if args.config else []
-    if getattr(args, "json", False):
-        common.append("--json")
-    code = ctl.main([*common, *verb])
+def _run_ctl(args: argparse.Namespace, command: ctl.Command) -> int:
+    """``command`` on a controller client resolved as ``tightwadctl`` resolves it (``-c``,
+    the environment, the file); when the controller is down, say how to start it."""
+    code = ctl.execute(
+        lambda: ctl.resolve_context(
+            os.environ, config=args.config, json=getattr(args, "json", False)
+        ),
+        command,
+    )
     if code == _EXIT_UNREACHABLE:
         _say(_controller_hint(args.config))
     return code
 
 
-def _start_verb(args: argparse.Namespace) -> list[str]:
+def start_spec(args: argparse.Namespace) -> DeploymentSpec:
+    """What ``tightwad start`` deploys: ``-m``, else the config's default model, with the
+    model's own context size."""
     model = args.model
     if model is None:
         cfg = _config(args.config)
@@ -135,8 +144,21 @@ def _start_verb(args: argparse.Namespace) -> list[str]:
                 "(the one with `default: true` is started)"
             )
         model = default.name
-    verb = ["deploy", model, "--mode", args.mode]
-    return [*verb, "--wait"] if args.wait else verb
+    mode = ServeMode.LLAMA_SERVER if args.mode == "llama-server" else ServeMode.ENGINE
+    return DeploymentSpec(model=model, ctx_size=0, serve_mode=mode)
+
+
+def _controller_verb(args: argparse.Namespace) -> ctl.Command:
+    """The ``tightwadctl`` operation behind ``status``, ``start``, ``stop`` and ``swap``."""
+    if args.command == "status":
+        return lambda c, ctx: ctl.show_status(c, ctx)
+    if args.command == "start":
+        spec = start_spec(args)
+        return lambda c, ctx: ctl.deploy(c, ctx, spec, wait=args.wait)
+    if args.command == "stop":
+        return lambda c, ctx: ctl.stop(c, ctx, None)
+    spec = DeploymentSpec(model=args.model, ctx_size=0)
+    return lambda c, ctx: ctl.swap(c, ctx, None, spec)
 
 
 # --- proxy verbs --------------------------------------------------------------------------
@@ -332,14 +354,8 @@ def run_seed(args: argparse.Namespace) -> int:
             return _run_proxy(args)
         if args.command == "benchmark":
             rest = list(args.bench_args)
-            return ctl.main(["bench", *(rest[1:] if rest[:1] == ["--"] else rest)])
-        if args.command == "status":
-            return _ctl(args, ["status"])
-        if args.command == "start":
-            return _ctl(args, _start_verb(args))
-        if args.command == "stop":
-            return _ctl(args, ["stop", "--all"])
-        return _ctl(args, ["swap", args.model])
+            return ctl.run_bench(rest[1:] if rest[:1] == ["--"] else rest)
+        return _run_ctl(args, _controller_verb(args))
     except TightwadError as exc:
         _say(exc.message)
         return _EXIT_ERROR
