@@ -1,5 +1,12 @@
-"""Helpers of the gpu tier: environments for child processes with the Vulkan device shown or
-hidden, and ggml's device list as such a child sees it."""
+"""Helpers of the gpu tier: environments for child processes with the GPUs shown or hidden,
+and ggml's device list as such a child sees it.
+
+Shown: Vulkan's device 0 is made visible (``GGML_VK_VISIBLE_DEVICES=0``: Mesa's llvmpipe is a
+Vulkan device of type CPU, which ggml skips otherwise); CUDA, ROCm and the rest show theirs by
+themselves. Hidden: every backend's visibility variable is set to none, so the CPU reference
+computes on the CPU even on a host with a real GPU. ``TIGHTWAD_GPU_TEST_DEVICE`` (e.g. ``CUDA1``)
+picks the device the tier tests; the default is the first GPU ggml lists.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +16,32 @@ import subprocess
 import sys
 
 VK_ENV = "GGML_VK_VISIBLE_DEVICES"
+_HIDE = {VK_ENV: "", "CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": "-1"}
+# ggml device name prefix -> the backend scripts/backend.sh and build.env call it
+_BACKENDS = (
+    ("CUDA", "cuda"),
+    ("ROCm", "rocm"),
+    ("HIP", "rocm"),
+    ("Vulkan", "vulkan"),
+    ("MTL", "metal"),
+    ("Metal", "metal"),
+    ("SYCL", "sycl"),
+)
 
 
-def child_env(*, vulkan: bool) -> dict[str, str]:
-    """This process's environment with the Vulkan device shown (``vulkan``) or hidden."""
-    env = {k: v for k, v in os.environ.items() if k != VK_ENV}
-    if vulkan:
-        env[VK_ENV] = "0"
+def child_env(*, gpu: bool) -> dict[str, str]:
+    """This process's environment with the GPUs shown (``gpu``) or hidden."""
+    env = {k: v for k, v in os.environ.items() if k not in _HIDE}
+    if gpu:
+        env[VK_ENV] = os.environ.get(VK_ENV) or "0"
+    else:
+        env.update(_HIDE)
     return env
+
+
+def backend_of(ggml_name: str) -> str:
+    """``vulkan`` of ``Vulkan0``, ``cuda`` of ``CUDA1``; ``""`` when unknown."""
+    return next((b for prefix, b in _BACKENDS if ggml_name.startswith(prefix)), "")
 
 
 def ggml_devices(env: dict[str, str]) -> list[dict[str, object]]:
@@ -29,3 +54,12 @@ def ggml_devices(env: dict[str, str]) -> list[dict[str, object]]:
         check=True,
     )
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def pick_gpu(devices: list[dict[str, object]]) -> dict[str, object] | None:
+    """The device the tier tests (see the module docstring)."""
+    wanted = os.environ.get("TIGHTWAD_GPU_TEST_DEVICE", "")
+    gpus = [d for d in devices if d.get("type") in ("gpu", "igpu")]
+    if wanted:
+        return next((d for d in gpus if d["name"] == wanted), None)
+    return gpus[0] if gpus else None
