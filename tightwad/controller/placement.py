@@ -40,29 +40,29 @@ rank  prefer                                                 over
 5     the coordinator with more usable GPU memory            less
 ====  =====================================================  ================================
 
-Calibration (issue #6: expected bytes within 15% of what llama.cpp allocates, measured with
-llama-server 0.3.36 on SmolLM2-135M Q4_1 and Qwen2.5-Coder 0.5B Q4_K_M split over the local
-CPU and a ggml-rpc-server, ctx 512 and 2048, no mmap; see
-``tests/cluster/test_placement_calibration.py``): weights are the GGUF tensor bytes of the
-layers a device holds (the coordinator's CPU adds the token embedding; the output device the
-output head, a copy of the embedding when tied); KV is ``ctx x bytes per token`` split per
-layer; the compute buffer is :func:`compute_buffer_bytes`. With mmap (llama.cpp's default)
-the CPU's "CPU_Mapped" figure is the mapped file range, page cache shared with the OS, not an
-allocation.
-
-``tensor_split`` values put each cumulative boundary half a layer inside its range, so
-llama.cpp's ``upper_bound`` over the normalised split reproduces exactly the ranges planned
-here (see :func:`layers_from_split`).
+What a device needs (weights, KV share, compute buffer, margin) is estimated in
+:mod:`tightwad.controller.footprint` (calibrated against llama.cpp's allocations); the
+``--tensor-split`` / ``-ngl`` flags of a plan come from :mod:`tightwad.controller.tensor_split`.
+Both modules' public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import bisect
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from tightwad.controller.footprint import (
+    KV_TYPE_FACTORS,
+    PlacementOptions,
+    compute_buffer_bytes,
+    device_margin,
+    ffn_width,
+    format_bytes,
+    kv_bytes,
+)
 from tightwad.controller.ids import DeviceId, NodeId
+from tightwad.controller.tensor_split import layers_from_split, tensor_split_for
 from tightwad.engine.device_facts import Backend, DeviceInfo
 from tightwad.engine.model_facts import ModelFacts
 from tightwad.errors import InvalidRequestError
@@ -83,24 +83,8 @@ __all__ = [
     "plan_placement",
 ]
 
-MiB = 1024 * 1024
-GiB = 1024 * MiB
-
-# Bytes per element of each KV cache type relative to f16 (ggml block sizes: q8_0 is 34 bytes
-# per 32 values, f16 64).
-KV_TYPE_FACTORS: dict[str, float] = {
-    "f32": 2.0,
-    "f16": 1.0,
-    "bf16": 1.0,
-    "q8_0": 34 / 64,
-    "q5_1": 24 / 64,
-    "q5_0": 22 / 64,
-    "q4_1": 20 / 64,
-    "q4_0": 18 / 64,
-    "iq4_nl": 18 / 64,
-}
-
 CPU_NAME = "CPU"
+DEFAULT_OPTIONS = PlacementOptions()
 
 _BACKEND_RANK: dict[Backend, int] = {
     Backend.CUDA: 0,
@@ -168,16 +152,6 @@ class PlacementRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class PlacementOptions:
-    """Tunables. The margin of a device is ``max(margin_min_bytes, fraction * total)``."""
-
-    margin_fraction: float = 0.05
-    margin_min_bytes: int = 256 * MiB
-    ubatch: int = 512
-    flash_attn: bool = True
-
-
-@dataclass(frozen=True, slots=True)
 class Assignment:
     """What one device holds: layers ``[first_layer, first_layer + n_layers)`` and bytes."""
 
@@ -235,89 +209,6 @@ class Placement:
         for a in self.assignments:
             seen.setdefault(a.node_id, None)
         return tuple(seen)
-
-
-# --- estimates ---------------------------------------------------------------------------
-
-
-def kv_bytes(facts: ModelFacts, ctx_size: int, kv_type: str) -> int:
-    """KV cache bytes for ``ctx_size`` tokens over all layers."""
-    return math.ceil(facts.kv_bytes_per_token * ctx_size * KV_TYPE_FACTORS[kv_type])
-
-
-# Average bits per weight of a file type's repeating layers (mixed K-quants included), used
-# only to estimate the FFN width from a layer's bytes. Unknown types count as 5.
-_BITS_PER_WEIGHT: dict[str, float] = {
-    "F32": 32.0,
-    "F16": 16.0,
-    "BF16": 16.0,
-    "Q8_0": 8.5,
-    "Q6_K": 6.5625,
-    "Q5_K_M": 5.7,
-    "Q5_K_S": 5.5,
-    "Q5_1": 6.0,
-    "Q5_0": 5.5,
-    "Q4_K_M": 5.0,
-    "Q4_K_S": 4.6,
-    "Q4_1": 5.0,
-    "Q4_0": 4.5,
-    "IQ4_NL": 4.5,
-    "IQ4_XS": 4.25,
-    "Q3_K_L": 4.3,
-    "Q3_K_M": 3.9,
-    "Q3_K_S": 3.5,
-    "Q2_K": 3.35,
-}
-
-
-def ffn_width(facts: ModelFacts) -> int:
-    """The feed-forward width, estimated from a layer's bytes: a layer holds ``2·E² + 2·E·E_kv``
-    attention weights and ``3·E·F`` FFN weights. Clamped to ``[E, 8·E]``."""
-    e = max(1, facts.embedding_length)
-    n = len(facts.layer_bytes)
-    if not n:
-        return e
-    bpw = _BITS_PER_WEIGHT.get(facts.quantization.upper(), 5.0)
-    params = sum(facts.layer_bytes) / n * 8 / bpw
-    kv_dim = e * max(1, facts.n_head_kv) / max(1, facts.n_head)
-    ffn = (params - 2 * e * e - 2 * e * kv_dim) / (3 * e)
-    return int(min(max(ffn, e), 8 * e))
-
-
-def compute_buffer_bytes(
-    facts: ModelFacts,
-    ctx_size: int,
-    *,
-    options: PlacementOptions,
-    layers: bool = True,
-    inputs: bool = False,
-) -> int:
-    """Peak scratch memory of llama.cpp's graph on one device (``sched_reserve``'s "compute
-    buffer size"), calibrated against llama.cpp's own log (see the module docstring).
-
-    A device holding layers (``layers``) needs one micro-batch of f32 activations at the FFN's
-    peak (``ubatch · (2·E + 3·F)``: input, normed input, gate, up, activation) plus the f16
-    attention mask (``ctx x ubatch``), plus the f32 scores without flash attention. The
-    coordinator's CPU (``inputs``) also builds the inputs (token embeddings, ``2·E`` floats
-    per token), the mask and the host output buffer (one row of logits) even with no layer.
-    """
-    ubatch = max(1, min(options.ubatch, ctx_size))
-    e = facts.embedding_length
-    mask = ubatch * ctx_size * 2
-    total = 0
-    if layers:
-        total += ubatch * (2 * e + 3 * ffn_width(facts)) * 4 + mask
-        if not options.flash_attn:
-            total += ubatch * ctx_size * max(1, facts.n_head) * 4
-    if inputs:
-        total += ubatch * 2 * e * 4 + facts.n_vocab * 4 + (0 if layers else mask)
-    return total
-
-
-def format_bytes(n: int) -> str:
-    if abs(n) >= GiB:
-        return f"{n / GiB:.2f} GiB"
-    return f"{n / MiB:.1f} MiB"
 
 
 # --- the planner -------------------------------------------------------------------------
@@ -390,8 +281,9 @@ class _Costs:
         return self.weights(first, count, output) + self.kv(count) + self.compute(count, output)
 
 
-def _margin(device: DeviceInfo, options: PlacementOptions) -> int:
-    return max(options.margin_min_bytes, int(options.margin_fraction * device.memory_total_bytes))
+def _usable_bytes(c: Candidate, options: PlacementOptions) -> int:
+    """Free memory of ``c`` a plan may use: free minus the margin, never negative."""
+    return max(0, c.device.memory_free_bytes - device_margin(c.device, options))
 
 
 def _speed_key(c: Candidate) -> tuple[int, int, str]:
@@ -432,7 +324,7 @@ def _slots(
 ) -> list[_Slot]:
     slots = []
     for c in cands:
-        margin = _margin(c.device, options)
+        margin = device_margin(c.device, options)
         slots.append(
             _Slot(
                 c,
@@ -449,7 +341,7 @@ def plan_placement(
     request: PlacementRequest,
     facts: ModelFacts,
     candidates: Sequence[Candidate],
-    options: PlacementOptions = PlacementOptions(),
+    options: PlacementOptions = DEFAULT_OPTIONS,
 ) -> Placement:
     """Plan where ``facts``' layers go among ``candidates`` (see the module docstring)."""
     if request.kv_type not in KV_TYPE_FACTORS:
@@ -491,7 +383,7 @@ def plan_placement(
         return refuse("no ready node with usable devices")
     pinned_nodes = {c.node_id for c in usable if c.device_id in cons.pin_device_ids}
     floor = costs.prefix[-1] + facts.output_bytes + costs.kv(costs.n_layers)
-    roomy = sum(max(0, c.device.memory_free_bytes - _margin(c.device, options)) for c in usable)
+    roomy = sum(_usable_bytes(c, options) for c in usable)
     if roomy < floor:
         return refuse(_refusal_reason(request, facts, usable, costs, options))
     cpus = {(c.node_id, c.device_id) for c in candidates if c.is_cpu}
@@ -528,16 +420,8 @@ def _host_rank(
     node: NodeId, usable: Sequence[Candidate], options: PlacementOptions
 ) -> tuple[int, int, str]:
     """Hosts with more usable GPU memory (then more usable memory of any kind) first."""
-    gpu = sum(
-        max(0, c.device.memory_free_bytes - _margin(c.device, options))
-        for c in usable
-        if c.node_id == node and not c.is_cpu
-    )
-    anyd = sum(
-        max(0, c.device.memory_free_bytes - _margin(c.device, options))
-        for c in usable
-        if c.node_id == node
-    )
+    gpu = sum(_usable_bytes(c, options) for c in usable if c.node_id == node and not c.is_cpu)
+    anyd = sum(_usable_bytes(c, options) for c in usable if c.node_id == node)
     return (-gpu, -anyd, node)
 
 
@@ -634,7 +518,7 @@ def _try(
         weights = costs.weights(r.first, r.count, r.output)
         compute = costs.compute(r.count, r.output)
         rows.append(_row(r.slot, r.first, r.count, r.output, weights, compute, costs))
-    split, ngl = _split(ranges)
+    split, ngl = tensor_split_for([r.count for r in ranges])
     return Placement(request.model, coord, tuple(rows), split, ngl, True)
 
 
@@ -656,52 +540,6 @@ def _row(
     )
 
 
-def _split(ranges: Sequence[_Range]) -> tuple[tuple[float, ...], int]:
-    """``--tensor-split`` and ``-ngl`` for the offloaded ranges (the last one holds the output
-    head, which llama.cpp counts as one more layer)."""
-    if not ranges:
-        return (), 0
-    counts = [r.count for r in ranges]
-    counts[-1] += 1
-    total = sum(counts)
-    cumulative, bounds = 0, []
-    for c in counts[:-1]:
-        cumulative += c
-        bounds.append((cumulative - 0.5) / total)
-    bounds.append(1.0)
-    split, prev = [], 0.0
-    for b in bounds:
-        split.append(round(b - prev, 6))
-        prev = b
-    return tuple(split), total
-
-
-def layers_from_split(
-    tensor_split: Sequence[float], n_layers: int, n_gpu_layers: int
-) -> list[int | None]:
-    """llama.cpp's own mapping: the device index (in ``--device`` order) of each layer
-    ``0..n_layers`` (the last entry is the output head); ``None`` = the CPU.
-
-    ``-ngl`` counts the output head as a layer and offloads from the end: the last
-    ``n_gpu_layers`` of the ``n_layers + 1`` units go to the devices (llama.cpp's
-    ``i_gpu_start = n_layer + 1 - n_gpu_layers``, checked against its load log)."""
-    total = sum(tensor_split)
-    cumulative, acc = [], 0.0
-    for f in tensor_split:
-        acc += f
-        cumulative.append(acc / total if total else 0.0)
-    gpu_start = max(n_layers + 1 - n_gpu_layers, 0)
-    act = min(n_gpu_layers, n_layers + 1) if tensor_split else 0
-    out: list[int | None] = []
-    for il in range(n_layers + 1):
-        if il < gpu_start or il - gpu_start >= act:
-            out.append(None)
-            continue
-        x = (il - gpu_start) / act
-        out.append(next((i for i, s in enumerate(cumulative) if s > x), len(cumulative) - 1))
-    return out
-
-
 def _refusal_reason(
     request: PlacementRequest,
     facts: ModelFacts,
@@ -721,14 +559,12 @@ def _refusal_reason(
     if not usable:
         parts.append("no usable device")
         return "; ".join(parts)
-    usable_total = sum(
-        max(0, c.device.memory_free_bytes - _margin(c.device, options)) for c in usable
-    )
+    usable_total = sum(_usable_bytes(c, options) for c in usable)
     parts.append(f"usable memory is {format_bytes(usable_total)} in all")
     per_device = [
         f"{c.node_id}/{c.device.id} ({c.device.name or c.device.backend.value}): free "
         f"{format_bytes(c.device.memory_free_bytes)}, margin "
-        f"{format_bytes(_margin(c.device, options))}"
+        f"{format_bytes(device_margin(c.device, options))}"
         for c in sorted(usable, key=lambda c: (c.node_id, c.device.id))
     ]
     return "; ".join(parts) + " — " + "; ".join(per_device)
