@@ -42,8 +42,8 @@ from tightwad.errors import (
     NotFoundError,
     OverloadedError,
     TightwadError,
-    UnsupportedParameterError,
 )
+from tightwad.gateway import responses
 from tightwad.gateway.metrics import CONTENT_TYPE, GatewayMetrics, route_status
 from tightwad.gateway.openai_schema import (
     Limits,
@@ -55,10 +55,27 @@ from tightwad.gateway.openai_schema import (
 from tightwad.gateway.openapi import openapi_json
 from tightwad.gateway.security import NetworkAllowList, RouteLimiter, check_bearer
 from tightwad.gateway.sse import Renderer, SSEWriter, renderer_for
-from tightwad.gateway.types import Backend, Finished, GenerationEvent, TextDelta, ToolCallDelta
+from tightwad.gateway.tools.route import prepare_chat
+from tightwad.gateway.tools.shape import DEFAULT_SYNTAX, shape_tool_calls
+from tightwad.gateway.types import (
+    Backend,
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    TextDelta,
+    ToolCallDelta,
+)
 from tightwad.logs import get_logger
 
-__all__ = ["GatewaySettings", "create_app"]
+__all__ = [
+    "GatewaySettings",
+    "GenerationRun",
+    "create_app",
+    "gateway_limits",
+    "open_generation",
+    "read_json",
+    "request_id_of",
+]
 
 log = get_logger(__name__)
 
@@ -122,7 +139,10 @@ def _http_error_response(request: web.Request, exc: web.HTTPException) -> web.Re
         return error_response(404, message, "invalid_request_error", code="unknown_url")
     if exc.status == 405:
         message = f"Method {request.method} is not allowed on {request.path}."
-        return error_response(405, message, "invalid_request_error", code="method_not_allowed")
+        response = error_response(405, message, "invalid_request_error", code="method_not_allowed")
+        allowed = getattr(exc, "allowed_methods", None) or ()
+        response.headers["Allow"] = ", ".join(sorted(allowed))
+        return response
     if exc.status == 408:
         message = (
             "The request body did not arrive within "
@@ -259,24 +279,26 @@ async def _read_json(request: web.Request) -> dict[str, Any]:
     return parse_json_object(raw)
 
 
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The request's body as one JSON object, within the gateway's size and time limits."""
+    return await _read_json(request)
+
+
+def gateway_limits(request: web.Request) -> Limits:
+    """The gateway's bounds on a request (max tokens cap and defaults), for a parser."""
+    return request.app[GATEWAY].limits
+
+
+def request_id_of(request: web.Request) -> str:
+    """This HTTP request's id (its ``x-request-id`` header; ``chatcmpl-<id>`` etc.)."""
+    return request[REQUEST_ID]
+
+
 async def _chat_completions(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     body = await _read_json(request)
     parsed = parse_chat(body, gateway.limits, request[REQUEST_ID])
-    _refuse_unwired(parsed)
     return await _Generation(request, gateway, parsed, "chatcmpl-").run()
-
-
-def _refuse_unwired(parsed: ParsedRequest) -> None:
-    """Tools and response_format are validated, but until the loop constrains and parses the
-    output they are refused rather than silently ignored."""
-    r = parsed.request
-    if r.grammar is not None:
-        raise UnsupportedParameterError(
-            "response_format other than text is not supported yet.", param="response_format"
-        )
-    if r.tools and r.tool_choice.mode != "none":
-        raise UnsupportedParameterError("tools are not supported yet.", param="tools")
 
 
 async def _completions(request: web.Request) -> web.StreamResponse:
@@ -286,27 +308,122 @@ async def _completions(request: web.Request) -> web.StreamResponse:
     return await _Generation(request, gateway, parsed, "cmpl-").run()
 
 
-@asynccontextmanager
-async def _closing(
-    events: AsyncIterator[GenerationEvent],
-) -> AsyncIterator[AsyncIterator[GenerationEvent]]:
-    """Yield ``events`` and always ``aclose()`` it after, so engine sessions are freed.
+async def _aclose(events: object) -> None:
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:  # the answer is already decided; never mask it
+            log.exception("backend_close_failed")
 
-    The Protocol types ``generate`` as an AsyncIterator; every async generator has ``aclose``.
-    """
+
+@dataclass(slots=True)
+class GenerationRun:
+    """One generation in flight (see :func:`open_generation`).
+
+    ``request`` is what the Backend got (the tools' grammar and rendered prompt included);
+    ``events`` are its events, tool calls already shaped into
+    :class:`~tightwad.gateway.types.ToolCallDelta` events, each awaited within the request's
+    deadline (past it: :class:`~tightwad.errors.DeadlineError`) and counted in the metrics;
+    ``deadline`` is that deadline on the event loop's clock."""
+
+    route: str
+    backend: Backend
+    request: GenerationRequest
+    events: AsyncIterator[GenerationEvent]
+    deadline: float
+
+
+@asynccontextmanager
+async def open_generation(
+    request: web.Request, parsed: ParsedRequest
+) -> AsyncIterator[GenerationRun]:
+    """Run ``parsed`` through the gateway's pipeline: the route's Backend (404 when unknown),
+    a slot in its queue (429 when full, 504 past the deadline), the tools against the route
+    (syntax, rendering, grammar: 400 when it cannot take them), ``Backend.generate`` and the
+    tool-call shaping; yields the :class:`GenerationRun`. On exit the generators are closed
+    and the slot freed, however the block ends.
+
+    The seam for endpoints other than chat/completions (``/v1/responses``)::
+
+        body = await read_json(request)
+        parsed = ParsedRequest("chat", GenerationRequest(...), stream, include_usage)
+        async with open_generation(request, parsed) as run:
+            async for event in run.events:  # TextDelta | ToolCallDelta | Finished
+                ...
+
+    Errors raised before the first byte is written become OpenAI errors with their status
+    (the app's middleware); after it, the caller reports them in its own stream."""
+    gateway = request.app[GATEWAY]
+    started = time.monotonic()
+    route = parsed.request.model
+    backend = gateway.backend(route)
+    request[ROUTE] = route
+    deadline = asyncio.get_running_loop().time() + gateway.settings.request_timeout_s
+    with structlog.contextvars.bound_contextvars(model=route):
+        async with AsyncExitStack() as stack:
+            await _enter_slot(gateway, route, deadline, stack)
+            sent, syntax = parsed.request, None
+            if parsed.endpoint == "chat":
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        sent, syntax = await prepare_chat(backend, parsed.request)
+                except TimeoutError as exc:
+                    raise DeadlineError("The request timed out.") from exc
+            raw = backend.generate(sent)
+            stack.push_async_callback(_aclose, raw)
+            shaped = shape_tool_calls(raw, sent, syntax=syntax or DEFAULT_SYNTAX)
+            stack.push_async_callback(_aclose, shaped)
+            observed = _observed(gateway, route, shaped, deadline, started)
+            stack.push_async_callback(_aclose, observed)
+            yield GenerationRun(route, backend, sent, observed, deadline)
+
+
+async def _enter_slot(
+    gateway: _Gateway, route: str, deadline: float, stack: AsyncExitStack
+) -> None:
+    limiter = gateway.limiters[route]
     try:
-        yield events
-    finally:
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            try:
-                await aclose()
-            except Exception:  # the answer is already decided; never mask it
-                log.exception("backend_close_failed")
+        async with asyncio.timeout_at(deadline):
+            await stack.enter_async_context(limiter.slot())
+    except TimeoutError as exc:
+        raise DeadlineError("The request timed out while waiting in the queue.") from exc
+    except OverloadedError:
+        gateway.metrics.observe_rejection(route)
+        raise
+    gauge = gateway.metrics.in_flight.labels(route)
+    gauge.inc()
+    stack.callback(gauge.dec)
+
+
+async def _observed(
+    gateway: _Gateway,
+    route: str,
+    events: AsyncIterator[GenerationEvent],
+    deadline: float,
+    started: float,
+) -> AsyncIterator[GenerationEvent]:
+    """``events``, each within ``deadline``, with the first token (since ``started``, the
+    queue included) and the end counted in the metrics."""
+    first_token_seen = False
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                event = await anext(events, None)
+        except TimeoutError as exc:
+            raise DeadlineError("The request timed out.") from exc
+        if event is None:
+            return
+        if isinstance(event, Finished):
+            gateway.metrics.observe_finished(route, event)
+        elif (isinstance(event, ToolCallDelta) or event.text) and not first_token_seen:
+            first_token_seen = True
+            gateway.metrics.observe_first_token(route, time.monotonic() - started)
+        yield event
 
 
 class _Generation:
-    """One generation request, from the route's queue to the last byte."""
+    """One chat or completions request, from the route's queue to the last byte."""
 
     def __init__(
         self, request: web.Request, gateway: _Gateway, parsed: ParsedRequest, prefix: str
@@ -314,54 +431,23 @@ class _Generation:
         self.request = request
         self.gateway = gateway
         self.parsed = parsed
-        self.route = parsed.request.model
-        self.backend = gateway.backend(self.route)
-        request[ROUTE] = self.route
         self.renderer: Renderer = renderer_for(parsed, prefix + request[REQUEST_ID])
-        self.started = time.monotonic()
-        self.first_token_seen = False
         loop = asyncio.get_running_loop()
         self.deadline = loop.time() + gateway.settings.request_timeout_s
 
     async def run(self) -> web.StreamResponse:
-        with structlog.contextvars.bound_contextvars(model=self.route):
-            async with AsyncExitStack() as stack:
-                await self._enter_slot(stack)
-                generator = self.backend.generate(self.parsed.request)
-                events = await stack.enter_async_context(_closing(generator))
-                if self.parsed.stream:
-                    return await self._stream(events)
-                return await self._collect(events)
+        async with open_generation(self.request, self.parsed) as run:
+            self.deadline = run.deadline
+            if self.parsed.stream:
+                return await self._stream(run.events)
+            return await self._collect(run.events)
         raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _enter_slot(self, stack: AsyncExitStack) -> None:
-        limiter = self.gateway.limiters[self.route]
-        try:
-            async with asyncio.timeout_at(self.deadline):
-                await stack.enter_async_context(limiter.slot())
-        except TimeoutError as exc:
-            raise DeadlineError("The request timed out while waiting in the queue.") from exc
-        except OverloadedError:
-            self.gateway.metrics.observe_rejection(self.route)
-            raise
-        gauge = self.gateway.metrics.in_flight.labels(self.route)
-        gauge.inc()
-        stack.callback(gauge.dec)
-
-    def _observe(self, event: GenerationEvent) -> None:
-        if isinstance(event, Finished):
-            self.gateway.metrics.observe_finished(self.route, event)
-        elif (isinstance(event, ToolCallDelta) or event.text) and not self.first_token_seen:
-            self.first_token_seen = True
-            elapsed = time.monotonic() - self.started
-            self.gateway.metrics.observe_first_token(self.route, elapsed)
 
     async def _collect(self, events: AsyncIterator[GenerationEvent]) -> web.Response:
         deltas: list[TextDelta | ToolCallDelta] = []
         try:
             async with asyncio.timeout_at(self.deadline):
                 async for event in events:
-                    self._observe(event)
                     if isinstance(event, Finished):
                         return web.json_response(self.renderer.body(deltas, event), dumps=_dumps)
                     deltas.append(event)
@@ -401,7 +487,6 @@ class _Generation:
         for chunk in self.renderer.start_chunks():
             await writer.send(chunk)
         while event is not None:
-            self._observe(event)
             if isinstance(event, Finished):
                 for chunk in self.renderer.finish_chunks(event):
                     await writer.send(chunk)
@@ -513,6 +598,7 @@ def create_app(
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/openapi.json", openapi_json)
+    responses.add_routes(app)
     if on_shutdown is not None:
         app.on_shutdown.append(on_shutdown)
     return app

@@ -8,20 +8,24 @@ cancelled on close, so the engine frees the sequence whatever happened.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Sequence
+import json
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 
 from tightwad.engine.grammar import GrammarSpec
 from tightwad.engine.spec_wire import sampling_to_pb, sparse_to_pb
 from tightwad.errors import InvalidRequestError, UnavailableError, from_grpc_status
+from tightwad.gateway.tools.request import Tool
+from tightwad.gateway.types import ChatMessage
 from tightwad.rpc import client_channel, translate_rpc_error
 from tightwad.spec.sampling import SamplingConfig, SparseDist
 from tightwad.v1 import engine_pb2, engine_pb2_grpc
 
 __all__ = [
+    "ChatLike",
     "DraftProposal",
     "EngineClient",
     "GenerateEnd",
@@ -30,7 +34,42 @@ __all__ = [
     "RemoteEngineInfo",
     "RemoteSession",
     "Verified",
+    "chat_messages_pb",
+    "tools_json",
 ]
+
+# A chat message: a gateway ChatMessage (tool calls and call id included), or (role, content,
+# name).
+ChatLike: TypeAlias = ChatMessage | tuple[str, str, str]
+
+
+def chat_messages_pb(messages: Sequence[ChatLike]) -> list[engine_pb2.ChatMessage]:
+    """Messages on the wire: an assistant's calls as OpenAI's ``tool_calls`` JSON array, a
+    ``tool`` message's ``tool_call_id``."""
+    out = []
+    for m in messages:
+        if isinstance(m, tuple):
+            role, content, name = m
+            out.append(engine_pb2.ChatMessage(role=role, content=content, name=name))
+            continue
+        calls = json.dumps([c.as_openai() for c in m.tool_calls]) if m.tool_calls else ""
+        out.append(
+            engine_pb2.ChatMessage(
+                role=m.role,
+                content=m.content,
+                name=m.name,
+                tool_calls_json=calls,
+                tool_call_id=m.tool_call_id,
+            )
+        )
+    return out
+
+
+def tools_json(tools: Sequence[Tool] | Sequence[Mapping[str, Any]]) -> str:
+    """OpenAI's ``tools`` array as JSON (empty: no tools)."""
+    if not tools:
+        return ""
+    return json.dumps([t.as_openai() if isinstance(t, Tool) else dict(t) for t in tools])
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,18 +228,39 @@ class EngineClient:
         return str(r.text)
 
     async def render_chat(
-        self, messages: Sequence[tuple[str, str, str]], *, add_generation_prompt: bool = True
+        self,
+        messages: Sequence[ChatLike],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Sequence[Tool] = (),
     ) -> list[int]:
+        """The prompt tokens of ``messages`` rendered by the model's own template (with
+        ``tools`` as its ``tools`` variable and the messages' tool calls / call ids)."""
+        _, tokens = await self.render_chat_text(
+            messages, add_generation_prompt=add_generation_prompt, tools=tools
+        )
+        return tokens
+
+    async def render_chat_text(
+        self,
+        messages: Sequence[ChatLike],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Sequence[Tool] | Sequence[Mapping[str, Any]] = (),
+    ) -> tuple[str, list[int]]:
+        """As :meth:`render_chat`, with the rendered text too. ``tools`` may also be given
+        as OpenAI's JSON objects."""
         req = engine_pb2.RenderChatRequest(
             model=self.model,
-            messages=[engine_pb2.ChatMessage(role=r, content=c, name=n) for r, c, n in messages],
+            messages=chat_messages_pb(messages),
             add_generation_prompt=add_generation_prompt,
+            tools_json=tools_json(tools),
         )
         try:
             r = await self._stub.RenderChat(req, timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
             raise translate_rpc_error(exc, self._what("RenderChat")) from exc
-        return list(r.token_ids)
+        return str(r.text), list(r.token_ids)
 
     def session(self, *, timeout_s: float | None = None) -> RemoteSession:
         return RemoteSession(self, timeout_s=timeout_s)
@@ -252,13 +312,28 @@ class RemoteSession:
         top_logprobs: int = 0,
         logprobs: bool = False,
         grammar: GrammarSpec | None = None,
+        chat: Sequence[ChatLike] | None = None,
+        tools: Sequence[Tool] = (),
     ) -> Opened:
         """Open the session on ``prompt_tokens``; with ``grammar``, every token it emits is
-        constrained by it (the engine compiles it over its own vocabulary)."""
+        constrained by it (the engine compiles it over its own vocabulary). With ``chat``
+        (``prompt_tokens`` then ignored), the engine renders the messages and ``tools`` with
+        the model's template itself; ``Opened.prompt_tokens`` says what it rendered."""
+        prompt: dict[str, Any] = (
+            {"tokens": engine_pb2.TokenList(token_ids=list(prompt_tokens))}
+            if chat is None
+            else {
+                "chat": engine_pb2.ChatPrompt(
+                    messages=chat_messages_pb(chat),
+                    add_generation_prompt=True,
+                    tools_json=tools_json(tools),
+                )
+            }
+        )
         await self._send(
             open=engine_pb2.OpenCommand(
                 model=self._client.model,
-                tokens=engine_pb2.TokenList(token_ids=list(prompt_tokens)),
+                **prompt,
                 sampling=sampling_to_pb(sampling, seed),
                 top_logprobs=top_logprobs,
                 logprobs=logprobs,

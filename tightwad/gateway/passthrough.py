@@ -14,7 +14,8 @@ Guarantees:
   (:class:`~tightwad.spec.stops.StopScanner`): nothing from the start of a stop on is emitted,
   whatever the server does with them;
 - the ``tightwad`` stats say ``mode: none``, no rounds, nothing drafted: it is not speculation;
-- what the server cannot do (logprobs, ``logit_bias``, a prompt of token ids) is a 400 naming
+- what the server cannot do (logprobs, ``logit_bias``, a prompt of token ids, a grammar,
+  tools or tool-call history) is a 400 naming
   the parameter, never an approximation;
 - a server error or an unreachable server is an UnavailableError (503 before the first byte,
   an SSE error event after it); abandoning the stream closes the upstream connection, which
@@ -303,4 +304,18 @@ def _refuse_what_text_cannot_do(r: GenerationRequest, kind: str) -> None:
     if r.prompt_tokens is not None:
         raise InvalidRequestError(
             f"{served} shows no token ids; send the prompt as text", param="prompt"
+        )
+    if r.grammar is not None:
+        raise UnsupportedParameterError(
+            f"{served} cannot be held to a grammar; response_format json_object / "
+            "json_schema need a route served by a Tightwad engine",
+            param="response_format",
+        )
+    if (r.tools and r.tool_choice.mode != "none") or any(
+        m.tool_calls or m.tool_call_id for m in r.messages or ()
+    ):
+        raise UnsupportedParameterError(
+            f"{served} gets no tools nor tool-call history from Tightwad; serve the model "
+            "from a Tightwad engine to use tools",
+            param="tools",
         )
