@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,11 +41,18 @@ def test_every_service_is_importable_with_its_stub() -> None:
     assert controller_pb2_grpc.ControllerServiceStub
 
 
+def test_buf_workspace_is_the_repository_root_with_protos_as_its_module() -> None:
+    config = yaml.safe_load((ROOT / "buf.yaml").read_text(encoding="utf-8"))
+    assert config["version"] == "v2"
+    assert [m["path"] for m in config["modules"]] == ["protos"]
+    assert not (ROOT / "protos" / "buf.yaml").exists(), "one buf config: the root's"
+
+
 @pytest.mark.skipif(shutil.which("npx") is None, reason="npx (Node.js) is not installed")
 def test_buf_lint_passes() -> None:
     proc = subprocess.run(
         ["npx", "--yes", "@bufbuild/buf", "lint"],
-        cwd=ROOT / "protos",
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
