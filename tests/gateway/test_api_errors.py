@@ -59,7 +59,31 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str, str | None, str | N
      "audio", UNSUPPORTED),
     ("modalities", "chat", {"model": "fake", "messages": MSG, "modalities": ["text", "audio"]},
      400, INVALID, "modalities", UNSUPPORTED),
-    ("n > 1", "chat", {"model": "fake", "messages": MSG, "n": 2}, 400, INVALID, "n", UNSUPPORTED),
+    ("n > cap", "chat", {"model": "fake", "messages": MSG, "n": 9}, 400, INVALID, "n", None),
+    ("n > 128", "chat", {"model": "fake", "messages": MSG, "n": 129}, 400, INVALID, "n", None),
+    ("modalities audio", "chat", {"model": "fake", "messages": MSG, "modalities": ["audio"]},
+     400, INVALID, "modalities", UNSUPPORTED),
+    ("web search", "chat", {"model": "fake", "messages": MSG, "web_search_options": {}},
+     400, INVALID, "web_search_options", UNSUPPORTED),
+    ("metadata without store", "chat", {"model": "fake", "messages": MSG, "metadata": {"a": "b"}},
+     400, INVALID, "metadata", None),
+    ("metadata value", "chat",
+     {"model": "fake", "messages": MSG, "store": True, "metadata": {"a": 1}},
+     400, INVALID, "metadata.a", None),
+    ("service_tier", "chat", {"model": "fake", "messages": MSG, "service_tier": "gold"},
+     400, INVALID, "service_tier", None),
+    ("reasoning_effort", "chat", {"model": "fake", "messages": MSG, "reasoning_effort": "max!"},
+     400, INVALID, "reasoning_effort", None),
+    ("verbosity type", "chat", {"model": "fake", "messages": MSG, "verbosity": 3},
+     400, INVALID, "verbosity", None),
+    ("store type", "chat", {"model": "fake", "messages": MSG, "store": "yes"},
+     400, INVALID, "store", None),
+    ("cache options", "chat",
+     {"model": "fake", "messages": MSG, "prompt_cache_options": {"ttl": "1h"}},
+     400, INVALID, "prompt_cache_options.ttl", None),
+    ("best_of < n", "completion", {"model": "fake", "prompt": "a", "n": 2, "best_of": 1},
+     400, INVALID, "best_of", None),
+
     ("n = 0", "chat", {"model": "fake", "messages": MSG, "n": 0}, 400, INVALID, "n", None),
     ("temperature too high", "chat", {"model": "fake", "messages": MSG, "temperature": 2.5}, 400,
      INVALID, "temperature", None),
@@ -181,13 +205,17 @@ async def test_unknown_url_and_method_are_openai_errors(gw: Running) -> None:
     wrong = await gw.get("/v1/chat/completions")
     assert wrong.status == 405
     assert (await wrong.json())["error"]["code"] == "method_not_allowed"
+    assert wrong.headers["Allow"] == "POST"
 
 
 async def test_openai_client_raises_on_bad_request(gw: Running) -> None:
     client = gw.openai()
     with pytest.raises(openai.BadRequestError) as info:
-        await client.chat.completions.create(model="fake", messages=MSG, n=3)  # type: ignore[arg-type]
+        await client.chat.completions.create(model="fake", messages=MSG, modalities=["audio"])  # type: ignore[arg-type]
     assert info.value.code == UNSUPPORTED
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.chat.completions.create(model="fake", messages=MSG, n=9)  # type: ignore[arg-type]
+    assert info.value.param == "n"
     with pytest.raises(openai.NotFoundError):
         await client.chat.completions.create(model="nope", messages=MSG)  # type: ignore[arg-type]
 

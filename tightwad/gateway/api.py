@@ -44,6 +44,7 @@ from tightwad.errors import (
     TightwadError,
 )
 from tightwad.gateway import responses
+from tightwad.gateway.choices import choice_request, merge_choices
 from tightwad.gateway.metrics import CONTENT_TYPE, GatewayMetrics, route_status
 from tightwad.gateway.openai_schema import (
     Limits,
@@ -54,7 +55,7 @@ from tightwad.gateway.openai_schema import (
 )
 from tightwad.gateway.openapi import openapi_json
 from tightwad.gateway.security import NetworkAllowList, RouteLimiter, check_bearer
-from tightwad.gateway.sse import Renderer, SSEWriter, renderer_for
+from tightwad.gateway.sse import Renderer, SSEWriter, combined, merge_bodies, renderer_for
 from tightwad.gateway.tools.route import prepare_chat
 from tightwad.gateway.tools.shape import DEFAULT_SYNTAX, shape_tool_calls
 from tightwad.gateway.types import (
@@ -99,6 +100,7 @@ class GatewaySettings:
     status_allow_networks: tuple[str, ...] = ()  # CIDRs for /metrics and status; empty = open
     default_max_tokens: int = 512
     default_temperature: float = 1.0  # OpenAI's default when a request omits temperature
+    max_choices: int = 8  # the largest ``n`` a request may ask for
 
     def __post_init__(self) -> None:
         positive = {
@@ -108,6 +110,7 @@ class GatewaySettings:
             "request_timeout_s": self.request_timeout_s,
             "body_timeout_s": self.body_timeout_s,
             "default_max_tokens": self.default_max_tokens,
+            "max_choices": self.max_choices,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -183,7 +186,7 @@ class _Gateway:
     @property
     def limits(self) -> Limits:
         s = self.settings
-        return Limits(s.max_tokens_cap, s.default_max_tokens, s.default_temperature)
+        return Limits(s.max_tokens_cap, s.default_max_tokens, s.default_temperature, s.max_choices)
 
     def backend(self, model: str) -> Backend:
         backend = self.routes.get(model)
@@ -325,13 +328,26 @@ class GenerationRun:
     ``events`` are its events, tool calls already shaped into
     :class:`~tightwad.gateway.types.ToolCallDelta` events, each awaited within the request's
     deadline (past it: :class:`~tightwad.errors.DeadlineError`) and counted in the metrics;
-    ``deadline`` is that deadline on the event loop's clock."""
+    ``deadline`` is that deadline on the event loop's clock. ``choices`` are the events of
+    every choice (``parsed.n`` of them) as ``(index, event)``, each choice ending with its
+    own Finished; ``events`` are those of a request with one choice."""
 
     route: str
     backend: Backend
     request: GenerationRequest
-    events: AsyncIterator[GenerationEvent]
+    choices: AsyncIterator[tuple[int, GenerationEvent]]
     deadline: float
+
+    @property
+    def events(self) -> AsyncIterator[GenerationEvent]:
+        return _events_only(self.choices)
+
+
+async def _events_only(
+    choices: AsyncIterator[tuple[int, GenerationEvent]],
+) -> AsyncIterator[GenerationEvent]:
+    async for _, event in choices:
+        yield event
 
 
 @asynccontextmanager
@@ -370,11 +386,16 @@ async def open_generation(
                         sent, syntax = await prepare_chat(backend, parsed.request)
                 except TimeoutError as exc:
                     raise DeadlineError("The request timed out.") from exc
-            raw = backend.generate(sent)
-            stack.push_async_callback(_aclose, raw)
-            shaped = shape_tool_calls(raw, sent, syntax=syntax or DEFAULT_SYNTAX)
-            stack.push_async_callback(_aclose, shaped)
-            observed = _observed(gateway, route, shaped, deadline, started)
+            streams = []
+            for i in range(parsed.n):
+                raw = backend.generate(choice_request(sent, i))
+                stack.push_async_callback(_aclose, raw)
+                shaped = shape_tool_calls(raw, sent, syntax=syntax or DEFAULT_SYNTAX)
+                stack.push_async_callback(_aclose, shaped)
+                streams.append(shaped)
+            merged = merge_choices(streams)
+            stack.push_async_callback(_aclose, merged)
+            observed = _observed(gateway, route, merged, deadline, started)
             stack.push_async_callback(_aclose, observed)
             yield GenerationRun(route, backend, sent, observed, deadline)
 
@@ -399,31 +420,34 @@ async def _enter_slot(
 async def _observed(
     gateway: _Gateway,
     route: str,
-    events: AsyncIterator[GenerationEvent],
+    events: AsyncIterator[tuple[int, GenerationEvent]],
     deadline: float,
     started: float,
-) -> AsyncIterator[GenerationEvent]:
+) -> AsyncIterator[tuple[int, GenerationEvent]]:
     """``events``, each within ``deadline``, with the first token (since ``started``, the
     queue included) and the end counted in the metrics."""
     first_token_seen = False
     while True:
         try:
             async with asyncio.timeout_at(deadline):
-                event = await anext(events, None)
+                item = await anext(events, None)
         except TimeoutError as exc:
             raise DeadlineError("The request timed out.") from exc
-        if event is None:
+        if item is None:
             return
+        event = item[1]
         if isinstance(event, Finished):
             gateway.metrics.observe_finished(route, event)
         elif (isinstance(event, ToolCallDelta) or event.text) and not first_token_seen:
             first_token_seen = True
             gateway.metrics.observe_first_token(route, time.monotonic() - started)
-        yield event
+        yield item
 
 
 class _Generation:
-    """One chat or completions request, from the route's queue to the last byte."""
+    """One chat or completions request (``n`` choices), from the route's queue to the last
+    byte. Choice ``i`` is rendered by ``renderers[i]``; with several, the body holds every
+    choice and the usage counts the prompt once and every choice's completion."""
 
     def __init__(
         self, request: web.Request, gateway: _Gateway, parsed: ParsedRequest, prefix: str
@@ -431,41 +455,58 @@ class _Generation:
         self.request = request
         self.gateway = gateway
         self.parsed = parsed
-        self.renderer: Renderer = renderer_for(parsed, prefix + request[REQUEST_ID])
+        rid = prefix + request[REQUEST_ID]
+        self.renderers: list[Renderer] = [renderer_for(parsed, rid, i) for i in range(parsed.n)]
         loop = asyncio.get_running_loop()
         self.deadline = loop.time() + gateway.settings.request_timeout_s
+        self.finished: dict[int, Finished] = {}
 
     async def run(self) -> web.StreamResponse:
         async with open_generation(self.request, self.parsed) as run:
             self.deadline = run.deadline
             if self.parsed.stream:
-                return await self._stream(run.events)
-            return await self._collect(run.events)
+                return await self._stream(run.choices)
+            return await self._collect(run.choices)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _collect(self, events: AsyncIterator[GenerationEvent]) -> web.Response:
-        deltas: list[TextDelta | ToolCallDelta] = []
+    def _all_finished(self) -> Finished:
+        return combined([self.finished[i] for i in range(self.parsed.n)])
+
+    async def _collect(self, events: AsyncIterator[tuple[int, GenerationEvent]]) -> web.Response:
+        deltas: list[list[TextDelta | ToolCallDelta]] = [[] for _ in self.renderers]
         try:
             async with asyncio.timeout_at(self.deadline):
-                async for event in events:
+                async for index, event in events:
                     if isinstance(event, Finished):
-                        return web.json_response(self.renderer.body(deltas, event), dumps=_dumps)
-                    deltas.append(event)
+                        self.finished[index] = event
+                    else:
+                        deltas[index].append(event)
         except TimeoutError as exc:
             raise DeadlineError("The request timed out.") from exc
-        raise TightwadError("The backend ended the generation without finishing it.")
+        if len(self.finished) < self.parsed.n:
+            raise TightwadError("The backend ended the generation without finishing it.")
+        bodies = [
+            r.body(d, self.finished[i])  # type: ignore[arg-type]
+            for i, (r, d) in enumerate(zip(self.renderers, deltas, strict=True))
+        ]
+        body = bodies[0] if len(bodies) == 1 else merge_bodies(bodies, self._all_finished())
+        return web.json_response(body, dumps=_dumps)
 
-    async def _first_event(self, events: AsyncIterator[GenerationEvent]) -> GenerationEvent:
+    async def _first_event(
+        self, events: AsyncIterator[tuple[int, GenerationEvent]]
+    ) -> tuple[int, GenerationEvent]:
         try:
             async with asyncio.timeout_at(self.deadline):
-                event = await anext(events, None)
+                item = await anext(events, None)
         except TimeoutError as exc:
             raise DeadlineError("The request timed out before the first token.") from exc
-        if event is None:
+        if item is None:
             raise TightwadError("The backend ended the generation without finishing it.")
-        return event
+        return item
 
-    async def _stream(self, events: AsyncIterator[GenerationEvent]) -> web.StreamResponse:
+    async def _stream(
+        self, events: AsyncIterator[tuple[int, GenerationEvent]]
+    ) -> web.StreamResponse:
         first = await self._first_event(events)
         writer = SSEWriter(self.request, {"x-request-id": self.request[REQUEST_ID]})
         await writer.prepare()
@@ -481,21 +522,28 @@ class _Generation:
     async def _pump(
         self,
         writer: SSEWriter,
-        event: GenerationEvent | None,
-        events: AsyncIterator[GenerationEvent],
+        item: tuple[int, GenerationEvent] | None,
+        events: AsyncIterator[tuple[int, GenerationEvent]],
     ) -> None:
-        for chunk in self.renderer.start_chunks():
-            await writer.send(chunk)
-        while event is not None:
+        for renderer in self.renderers:
+            for chunk in renderer.start_chunks():
+                await writer.send(chunk)
+        while item is not None:
+            index, event = item
+            renderer = self.renderers[index]
             if isinstance(event, Finished):
-                for chunk in self.renderer.finish_chunks(event):
-                    await writer.send(chunk)
-                await writer.done()
-                return
-            delta_chunk = self.renderer.delta_chunk(event)
-            if delta_chunk is not None:
-                await writer.send(delta_chunk)
-            event = await anext(events, None)
+                self.finished[index] = event
+                await writer.send(renderer.finish_chunk(event))
+                if len(self.finished) == self.parsed.n:
+                    if self.parsed.include_usage:
+                        await writer.send(self.renderers[0].usage_chunk(self._all_finished()))
+                    await writer.done()
+                    return
+            else:
+                delta_chunk = renderer.delta_chunk(event)  # type: ignore[arg-type]
+                if delta_chunk is not None:
+                    await writer.send(delta_chunk)
+            item = await anext(events, None)
         raise TightwadError("The backend ended the generation without finishing it.")
 
     async def _send_error(self, writer: SSEWriter, exc: Exception) -> None:

@@ -7,8 +7,14 @@ Owns :func:`parse_json_object`, :func:`parse_chat` and :func:`parse_completion`.
 - ``tools``, ``tool_choice``, ``parallel_tool_calls``, ``response_format``, assistant
   ``tool_calls`` and ``tool`` messages are checked by :mod:`tightwad.gateway.tools.request` and
   :mod:`tightwad.gateway.structured` (a bad schema is refused naming its path inside);
-- a field we understand but cannot honour (``n > 1``, image parts, a prompt batch)
-  is an :class:`~tightwad.errors.UnsupportedParameterError` (code ``unsupported_parameter``);
+- a field we understand but cannot honour (image parts, audio output, web search,
+  moderation, a prompt batch, ``best_of`` above ``n``) is an
+  :class:`~tightwad.errors.UnsupportedParameterError` (code ``unsupported_parameter``);
+- OpenAI's bookkeeping fields (``store``, ``metadata``, ``service_tier``,
+  ``prompt_cache_key`` / ``_retention`` / ``_options``, ``safety_identifier``,
+  ``reasoning_effort``, ``verbosity``) are checked as OpenAI checks them (types, enums,
+  ``metadata`` needs ``store``) and change nothing else;
+- ``n`` (1..128) above the gateway's ``max_choices`` is a 400;
 - a field OpenAI does not define (and that is not one of our llama.cpp extensions ``top_k``,
   ``min_p``, ``repeat_penalty``, ``penalty_last_n``) is refused by name, as OpenAI does;
 - an explicit JSON ``null`` means "not given", for every optional field;
@@ -49,21 +55,38 @@ _COMMON = frozenset(
         "prediction", "user", "n",
     }
 )  # fmt: skip
-# Fields we know but only accept at their neutral value (JSON null always counts as absent).
+# Fields we know but only accept at their neutral value (JSON null always counts as absent):
+# audio output, web search and moderation are services this server does not run.
 _CHAT_NEUTRAL: Mapping[str, tuple[object, ...]] = {
     "functions": ([],),
     "function_call": ("none",),
     "audio": (),
     "modalities": (["text"],),
+    "web_search_options": (),
+    "moderation": (),
 }
-_COMPLETION_NEUTRAL: Mapping[str, tuple[object, ...]] = {"best_of": (1,), "suffix": ("",)}
+_COMPLETION_NEUTRAL: Mapping[str, tuple[object, ...]] = {"suffix": ("",)}
+# OpenAI's fields that change nothing here (checked as OpenAI checks them, then ignored):
+# nothing is stored, every prompt prefix is cached anyway, there is one service tier.
+_CHAT_ACCEPTED: Mapping[str, tuple[str, ...] | None] = {
+    "store": None,
+    "metadata": None,
+    "service_tier": ("auto", "default", "flex", "scale", "priority", "fast"),
+    "prompt_cache_key": None,
+    "prompt_cache_retention": ("in_memory", "24h"),
+    "prompt_cache_options": None,
+    "safety_identifier": None,
+    "reasoning_effort": ("none", "minimal", "low", "medium", "high", "xhigh", "max"),
+    "verbosity": ("low", "medium", "high"),
+}
 _CHAT_FIELDS = (
     _COMMON
     | {"messages", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls"}
     | {"response_format"}
     | set(_CHAT_NEUTRAL)
+    | set(_CHAT_ACCEPTED)
 )
-_COMPLETION_FIELDS = _COMMON | {"prompt", "echo"} | set(_COMPLETION_NEUTRAL)
+_COMPLETION_FIELDS = _COMMON | {"prompt", "echo", "best_of"} | set(_COMPLETION_NEUTRAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +97,8 @@ class Limits:
     default_max_tokens: int = 512
     # OpenAI's default when ``temperature`` is omitted.
     default_temperature: float = 1.0
+    # The most choices (``n``) one request may ask for.
+    max_choices: int = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +109,8 @@ class ParsedRequest:
     request: GenerationRequest
     stream: bool
     include_usage: bool
+    # Choices to generate (OpenAI ``n``), each its own run of ``request``.
+    n: int = 1
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -118,6 +145,7 @@ def _refuse_constant(name: str) -> object:
 def parse_chat(body: Mapping[str, Any], limits: Limits, request_id: str = "") -> ParsedRequest:
     """Validate a ``POST /v1/chat/completions`` body."""
     _check_fields(body, _CHAT_FIELDS, _CHAT_NEUTRAL)
+    _check_accepted(body)
     parallel_tool_calls = _boolean(body, "parallel_tool_calls", True)
     tools = parse_tools(body.get("tools"))
     tool_choice = parse_tool_choice(body.get("tool_choice"), tools)
@@ -150,6 +178,15 @@ def parse_completion(
 ) -> ParsedRequest:
     """Validate a ``POST /v1/completions`` body."""
     _check_fields(body, _COMPLETION_FIELDS, _COMPLETION_NEUTRAL)
+    best_of = _integer(body, "best_of", 0, 20)
+    n = _integer(body, "n", 1, 128) or 1
+    if best_of is not None and best_of < n:
+        raise InvalidRequestError("best_of must be greater than or equal to n.", param="best_of")
+    if best_of is not None and best_of > n:
+        raise UnsupportedParameterError(
+            "best_of greater than n is not supported; ask for n choices instead.",
+            param="best_of",
+        )
     n_logprobs = _integer(body, "logprobs", 0, 5)
     prompt, prompt_tokens = _prompt(body.get("prompt"))
     return _finish(
@@ -175,9 +212,13 @@ def _finish(
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequestError("you must provide a model parameter", param="model")
-    n = _integer(body, "n", 1, None)
-    if n is not None and n > 1:
-        raise UnsupportedParameterError("Only n=1 is supported.", param="n")
+    n = _integer(body, "n", 1, 128) or 1
+    if n > limits.max_choices:
+        raise InvalidRequestError(
+            f"n is too large: {n}. This server generates at most {limits.max_choices} "
+            "choices per request.",
+            param="n",
+        )
     _string(body, "user")
     stream = _boolean(body, "stream", False)
     request = GenerationRequest(
@@ -190,7 +231,77 @@ def _finish(
         request_id=request_id,
         **specific,
     )
-    return ParsedRequest(endpoint, request, stream, _include_usage(body, stream))
+    return ParsedRequest(endpoint, request, stream, _include_usage(body, stream), n)
+
+
+def _check_accepted(body: Mapping[str, Any]) -> None:
+    """Check the fields of :data:`_CHAT_ACCEPTED` as OpenAI does (types, enums, metadata's
+    bounds and its need of ``store``); they change nothing else."""
+    for key, allowed in _CHAT_ACCEPTED.items():
+        value = body.get(key)
+        if value is None or allowed is None:
+            continue
+        if not isinstance(value, str):
+            raise _type_error(key, "a string", value)
+        if value not in allowed:
+            raise InvalidRequestError(
+                f"Invalid value for '{key}': {value!r}. Supported values are: "
+                + ", ".join(f"'{a}'" for a in allowed)
+                + ".",
+                param=key,
+            )
+    store = _boolean(body, "store", False)
+    for key in ("prompt_cache_key", "safety_identifier"):
+        _string(body, key)
+    options = body.get("prompt_cache_options")
+    if options is not None:
+        _prompt_cache_options(options)
+    metadata = body.get("metadata")
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict):
+        raise _type_error("metadata", "an object", metadata)
+    if len(metadata) > 16:
+        raise InvalidRequestError(
+            f"Invalid 'metadata': too many properties ({len(metadata)}); at most 16.",
+            param="metadata",
+        )
+    for name, item in metadata.items():
+        if len(name) > 64:
+            raise InvalidRequestError(
+                f"Invalid 'metadata': key {name[:16]!r}... is longer than 64 characters.",
+                param="metadata",
+            )
+        if not isinstance(item, str):
+            raise _type_error(f"metadata.{name}", "a string", item)
+        if len(item) > 512:
+            raise InvalidRequestError(
+                f"Invalid 'metadata.{name}': longer than 512 characters.",
+                param=f"metadata.{name}",
+            )
+    if not store:
+        raise InvalidRequestError(
+            "The 'metadata' parameter is only allowed when 'store' is enabled.",
+            param="metadata",
+        )
+
+
+def _prompt_cache_options(options: object) -> None:
+    if not isinstance(options, dict):
+        raise _type_error("prompt_cache_options", "an object", options)
+    enums = {"mode": ("implicit", "explicit"), "ttl": ("30m",)}
+    for key, value in options.items():
+        param = f"prompt_cache_options.{key}"
+        if key not in enums:
+            raise InvalidRequestError(f"Unrecognized argument in 'prompt_cache_options': {key}",
+                                      param=param)  # fmt: skip
+        if value not in enums[key]:
+            raise InvalidRequestError(
+                f"Invalid value for '{param}': {value!r}. Supported values are: "
+                + ", ".join(f"'{a}'" for a in enums[key])
+                + ".",
+                param=param,
+            )
 
 
 def _check_fields(

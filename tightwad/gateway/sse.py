@@ -19,6 +19,7 @@ The finish chunk, the usage chunk and every whole body carry a ``tightwad`` obje
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -29,9 +30,25 @@ from aiohttp import web
 
 from tightwad.gateway.openai_schema import ParsedRequest
 from tightwad.gateway.tools.stream import assemble_tool_calls, tool_call_chunk
-from tightwad.gateway.types import Finished, LogprobEntry, TextDelta, ToolCallDelta
+from tightwad.gateway.types import (
+    Finished,
+    GenerationStats,
+    LogprobEntry,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
 
-__all__ = ["ChatRenderer", "CompletionRenderer", "Renderer", "SSEWriter", "renderer_for"]
+__all__ = [
+    "ChatRenderer",
+    "CompletionRenderer",
+    "Renderer",
+    "SSEWriter",
+    "combined",
+    "merge_bodies",
+    "renderer_for",
+    "summed_stats",
+]
 
 SYSTEM_FINGERPRINT = "fp_tightwad"
 
@@ -43,6 +60,8 @@ class _Base:
     logprobs: bool
     include_usage: bool
     created: int = field(default_factory=lambda: int(time.time()))
+    # The choice this renderer writes (OpenAI ``index``; one renderer per choice).
+    index: int = 0
 
     def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -88,12 +107,18 @@ class ChatRenderer(_Base):
         return self._chunk({"content": delta.text}, self._logprobs(delta.logprobs), None)
 
     def finish_chunks(self, finished: Finished) -> list[dict[str, Any]]:
-        chunks = [_with_stats(self._chunk({}, None, finished.finish_reason), finished)]
+        chunks = [self.finish_chunk(finished)]
         if self.include_usage:
-            usage = self._envelope("chat.completion.chunk", [])
-            usage["usage"] = _usage(finished)
-            chunks.append(_with_stats(usage, finished))
+            chunks.append(self.usage_chunk(finished))
         return chunks
+
+    def finish_chunk(self, finished: Finished) -> dict[str, Any]:
+        return _with_stats(self._chunk({}, None, finished.finish_reason), finished)
+
+    def usage_chunk(self, finished: Finished) -> dict[str, Any]:
+        usage = self._envelope("chat.completion.chunk", [])
+        usage["usage"] = _usage(finished)
+        return _with_stats(usage, finished)
 
     def body(
         self, events: Sequence[TextDelta | ToolCallDelta], finished: Finished
@@ -110,7 +135,7 @@ class ChatRenderer(_Base):
         if calls:
             message["tool_calls"] = assemble_tool_calls(calls)
         choice = {
-            "index": 0,
+            "index": self.index,
             "message": message,
             "logprobs": self._logprobs(entries),
             "finish_reason": finished.finish_reason,
@@ -122,7 +147,12 @@ class ChatRenderer(_Base):
     def _chunk(
         self, delta: dict[str, Any], logprobs: dict[str, Any] | None, finish: str | None
     ) -> dict[str, Any]:
-        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        choice = {
+            "index": self.index,
+            "delta": delta,
+            "logprobs": logprobs,
+            "finish_reason": finish,
+        }
         return self._envelope("chat.completion.chunk", [choice])
 
     def _logprobs(self, entries: Sequence[LogprobEntry]) -> dict[str, Any] | None:
@@ -162,12 +192,18 @@ class CompletionRenderer(_Base):
         return self._chunk(delta.text, self._logprobs([delta]), None)
 
     def finish_chunks(self, finished: Finished) -> list[dict[str, Any]]:
-        chunks = [_with_stats(self._chunk("", None, finished.finish_reason), finished)]
+        chunks = [self.finish_chunk(finished)]
         if self.include_usage:
-            usage = self._envelope("text_completion", [])
-            usage["usage"] = _usage(finished)
-            chunks.append(_with_stats(usage, finished))
+            chunks.append(self.usage_chunk(finished))
         return chunks
+
+    def finish_chunk(self, finished: Finished) -> dict[str, Any]:
+        return _with_stats(self._chunk("", None, finished.finish_reason), finished)
+
+    def usage_chunk(self, finished: Finished) -> dict[str, Any]:
+        usage = self._envelope("text_completion", [])
+        usage["usage"] = _usage(finished)
+        return _with_stats(usage, finished)
 
     def body(self, deltas: Sequence[TextDelta], finished: Finished) -> dict[str, Any]:
         text = "".join(delta.text for delta in deltas)
@@ -181,9 +217,10 @@ class CompletionRenderer(_Base):
     ) -> dict[str, Any]:
         return self._envelope("text_completion", [self._choice(text, logprobs, finish)])
 
-    @staticmethod
-    def _choice(text: str, logprobs: dict[str, Any] | None, finish: str | None) -> dict[str, Any]:
-        return {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish}
+    def _choice(
+        self, text: str, logprobs: dict[str, Any] | None, finish: str | None
+    ) -> dict[str, Any]:
+        return {"text": text, "index": self.index, "logprobs": logprobs, "finish_reason": finish}
 
     def _logprobs(self, deltas: Sequence[TextDelta]) -> dict[str, Any] | None:
         """Logprobs of ``deltas``, advancing the running text offset past them."""
@@ -208,15 +245,53 @@ class CompletionRenderer(_Base):
 Renderer = ChatRenderer | CompletionRenderer
 
 
-def renderer_for(parsed: ParsedRequest, response_id: str) -> Renderer:
-    """The renderer for a parsed request's endpoint."""
+def renderer_for(parsed: ParsedRequest, response_id: str, index: int = 0) -> Renderer:
+    """The renderer of choice ``index`` for a parsed request's endpoint."""
     cls = ChatRenderer if parsed.endpoint == "chat" else CompletionRenderer
     return cls(
         response_id=response_id,
         model=parsed.request.model,
         logprobs=parsed.request.logprobs,
         include_usage=parsed.include_usage,
+        index=index,
     )
+
+
+def combined(finished: Sequence[Finished]) -> Finished:
+    """The end of ``n`` choices as one: usage as OpenAI counts it (the prompt once, the
+    completions summed), the first choice's reason; its stats summed over the choices."""
+    first = finished[0]
+    if len(finished) == 1:
+        return first
+    usage = Usage(first.usage.prompt_tokens, sum(f.usage.completion_tokens for f in finished))
+    return Finished(first.finish_reason, usage, summed_stats([f.stats for f in finished]))
+
+
+def summed_stats(stats: Sequence[GenerationStats]) -> GenerationStats:
+    """The counters and times of several runs added up (the mode is the first run's)."""
+    fields_ = [f.name for f in dataclasses.fields(GenerationStats)]
+    values: dict[str, Any] = {"mode": stats[0].mode}
+    for name in fields_:
+        if name == "mode":
+            continue
+        if name == "accepted_by_position":
+            width = max(len(s.accepted_by_position) for s in stats)
+            values[name] = tuple(
+                sum(s.accepted_by_position[i] for s in stats if i < len(s.accepted_by_position))
+                for i in range(width)
+            )
+            continue
+        values[name] = sum(getattr(s, name) for s in stats)
+    return GenerationStats(**values)
+
+
+def merge_bodies(bodies: Sequence[dict[str, Any]], finished: Finished) -> dict[str, Any]:
+    """One response body from the bodies of each choice (rendered alone), with the usage and
+    stats of ``finished`` (see :func:`combined`)."""
+    body = dict(bodies[0])
+    body["choices"] = [choice for b in bodies for choice in b["choices"]]
+    body["usage"] = _usage(finished)
+    return _with_stats(body, finished)
 
 
 class SSEWriter:

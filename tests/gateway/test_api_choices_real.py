@@ -1,0 +1,127 @@
+"""``n`` choices and OpenAI's bookkeeping fields against a live gateway on a real SmolLM2
+engine (n-gram speculation), with the real ``openai`` client: greedy choices equal the n=1
+answer, seeded sampled choices stream to exactly the non-streamed choices (interleaved by
+index) and differ from each other, usage counts the prompt once; accepted fields pass, refused
+ones get OpenAI's 400."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tightwad.engine.engine_config import EngineConfig
+from tightwad.engine.server import EngineServer
+from tightwad.gateway.api import GatewaySettings
+from tightwad.gateway.engine_client import EngineClient
+from tightwad.gateway.loop import RouteSpec
+from tightwad.gateway.server import GatewayServer
+
+pytestmark = [pytest.mark.engine]
+
+ASK = [{"role": "user", "content": "Write a short poem about the sea."}]
+
+
+@pytest.fixture
+async def client(smollm_path: Path) -> AsyncIterator[openai.AsyncOpenAI]:
+    cfg = EngineConfig("smol", smollm_path, ctx_size=1024, max_sessions=4, threads=2)
+    engine = EngineServer("127.0.0.1:0", engines=(cfg,))
+    address = await engine.start()
+    route = RouteSpec(
+        name="smol", target=EngineClient(address, "smol"), draft_mode="ngram", calibrate=False
+    )
+    gateway = GatewayServer([route], GatewaySettings(), host="127.0.0.1", port=0)
+    url = await gateway.start()
+    c = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    try:
+        yield c
+    finally:
+        await c.close()
+        await gateway.stop()
+        await engine.stop(grace=0.5)
+
+
+async def test_greedy_choices_equal_the_single_answer(client: openai.AsyncOpenAI) -> None:
+    kw = {"model": "smol", "messages": ASK, "temperature": 0, "max_tokens": 24}
+    one = await client.chat.completions.create(**kw)  # type: ignore[call-overload]
+    two = await client.chat.completions.create(n=2, **kw)  # type: ignore[call-overload]
+    assert [c.index for c in two.choices] == [0, 1]
+    expected = one.choices[0].message.content
+    assert expected
+    assert [c.message.content for c in two.choices] == [expected, expected]
+    assert [c.finish_reason for c in two.choices] == [one.choices[0].finish_reason] * 2
+    assert one.usage is not None and two.usage is not None
+    assert two.usage.prompt_tokens == one.usage.prompt_tokens
+    assert two.usage.completion_tokens == 2 * one.usage.completion_tokens
+
+
+async def test_seeded_choices_stream_to_the_whole_answer(client: openai.AsyncOpenAI) -> None:
+    kw = {
+        "model": "smol",
+        "messages": ASK,
+        "temperature": 1.0,
+        "seed": 11,
+        "max_tokens": 24,
+        "n": 2,
+        "logprobs": True,
+    }
+    whole = await client.chat.completions.create(**kw)  # type: ignore[call-overload]
+    texts = [c.message.content for c in whole.choices]
+    assert texts[0] != texts[1]  # each choice samples with its own seed
+    for c in whole.choices:
+        assert c.logprobs is not None and c.logprobs.content
+    stream = await client.chat.completions.create(  # type: ignore[call-overload]
+        stream=True, stream_options={"include_usage": True}, **kw
+    )
+    got = {0: "", 1: ""}
+    finish: dict[int, str] = {}
+    usage = None
+    async for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            got[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finish[choice.index] = choice.finish_reason
+    assert [got[0], got[1]] == texts
+    assert finish == {c.index: c.finish_reason for c in whole.choices}
+    assert usage is not None and whole.usage is not None
+    assert usage.completion_tokens == whole.usage.completion_tokens
+    assert usage.prompt_tokens == whole.usage.prompt_tokens
+
+
+async def test_accepted_fields_pass_and_refused_ones_are_400(client: openai.AsyncOpenAI) -> None:
+    r = await client.chat.completions.create(
+        model="smol",
+        messages=ASK,  # type: ignore[arg-type]
+        max_tokens=4,
+        store=True,
+        metadata={"who": "test"},
+        service_tier="auto",
+        user="u",
+        prompt_cache_key="sea",
+        safety_identifier="s1",
+        reasoning_effort="low",
+        verbosity="low",
+        modalities=["text"],
+    )
+    assert r.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.chat.completions.create(
+            model="smol",
+            messages=ASK,  # type: ignore[arg-type]
+            metadata={"who": "test"},
+        )
+    assert info.value.param == "metadata"
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.chat.completions.create(model="smol", messages=ASK, n=9)  # type: ignore[arg-type]
+    assert info.value.param == "n"
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.chat.completions.create(
+            model="smol",
+            messages=ASK,  # type: ignore[arg-type]
+            modalities=["text", "audio"],
+        )
+    assert info.value.code == "unsupported_parameter"
