@@ -93,7 +93,7 @@ def aligned_tokens(ids: Sequence[int], pieces: Sequence[bytes], text: bytes) -> 
 
 
 class TextDraftProposer:
-    """One request's text drafting (see the module docstring). ``dropped`` once it failed."""
+    """One request's text drafting (see the module docstring)."""
 
     def __init__(
         self,
@@ -115,13 +115,16 @@ class TextDraftProposer:
         self.bos = bos_token_id
         self.timeout_s = timeout_s
         self.route = route
-        self.dropped = False
+        self._dropped = False
         self._out = bytearray()
         self._out_n = 0
 
-    async def propose(self, output: Sequence[int], k: int) -> list[int]:
-        """Up to ``k`` target tokens guessed to follow prompt + ``output`` ([] = no draft)."""
-        if self.dropped or k <= 0:
+    async def propose(self, output: Sequence[int], k: int) -> list[int] | None:
+        """Up to ``k`` target tokens guessed to follow prompt + ``output`` ([] = no draft this
+        time; None = the drafter failed and is dropped for the request: ask it no more)."""
+        if self._dropped:
+            return None
+        if k <= 0:
             return []
         out = self._output_text(output)
         if out is None:  # the output ends inside a UTF-8 character: no clean text boundary
@@ -137,7 +140,7 @@ class TextDraftProposer:
                 ids = await self.target.tokenize(text, add_special=False, parse_special=False)
         except (TightwadError, TimeoutError) as exc:
             self._drop(exc)
-            return []
+            return None
         return aligned_tokens(ids, self.pieces, text.encode("utf-8"))[:k]
 
     def _output_text(self, output: Sequence[int]) -> str | None:
@@ -150,7 +153,7 @@ class TextDraftProposer:
             return None
 
     def _drop(self, exc: BaseException) -> None:
-        self.dropped = True
+        self._dropped = True
         self.drafter.failed_at = time.monotonic()
         log.warning(
             "drafter_dropped",

@@ -2,8 +2,9 @@
 
 The HTTP layer (``api.py``) parses an OpenAI request into a :class:`GenerationRequest`, hands it
 to a :class:`Backend` for the route named by ``model``, and turns the :class:`GenerationEvent`
-stream into OpenAI JSON or SSE. The loop (``loop.py``) implements :class:`Backend` over gRPC
-Engine sessions; tests of the HTTP layer use a fake that implements the same Protocol.
+stream into OpenAI JSON or SSE. The loop (:mod:`tightwad.gateway.loop`) implements
+:class:`Backend` over gRPC Engine sessions; tests of the HTTP layer use a fake that implements
+the same Protocol.
 """
 
 from __future__ import annotations

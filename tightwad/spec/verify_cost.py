@@ -5,9 +5,8 @@ widths at start and reports every round's engine-side verify time).
 
 Why. A Verify of width w (the pending token plus w - 1 drafted ones) is one forward pass of
 w tokens, and its cost is not linear in w: llama.cpp's CPU matrix kernels work in tiles, so on
-the 2-core machine of 2026-11-26 (Qwen2.5-Coder-1.5B, Q4_K_M) 16 tokens cost *less* than 15
-(308 vs 359 ms), 32 less than 31, 48 less than 47, 64 less than 63, and per token a 64-wide
-verify costs 13.8 ms against 15.7 ms at 49. A GPU has another curve (nearly flat to its
+a CPU 16 tokens can cost *less* than 15 and a 64-wide verify less per token than a 49-wide one
+(measurements in ``benchmarks/README.md``). A GPU has another curve (nearly flat to its
 occupancy limit). Measuring beats guessing: a copy draft (a long n-gram match, a predicted
 output) is cut to the width that emits most tokens per second if accepted whole.
 

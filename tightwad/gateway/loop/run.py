@@ -1,0 +1,526 @@
+"""The shell of one request's loop: the awaits, with every decision taken by :mod:`.policy`.
+
+Owns :class:`RequestRun`. Per round it gathers the facts (budget, the controller's k, the
+proposers' matches), asks the policy whether to decode a plain stretch or what to draft, sends
+the Verify (or Generate), and pushes the accepted block through the
+:class:`~tightwad.spec.stops.OutputGuard` token by token (EOG, max_tokens, stop strings), so
+nothing after a stop is emitted or counted. Every emitted token is one the target chose; a
+target failure ends the request with :class:`~tightwad.errors.UnavailableError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Awaitable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+from tightwad.errors import ConfigError, ContextLengthError, TightwadError, UnavailableError
+from tightwad.gateway.engine_client import Generated, GenerateEnd, RemoteSession, Verified
+from tightwad.gateway.loop import policy
+from tightwad.gateway.loop.control import Counters, FixedK, RequestControl, request_control
+from tightwad.gateway.loop.drafting import ModelDrafting
+from tightwad.gateway.loop.policy import CopyState, Draft, Outlook, RoundResult
+from tightwad.gateway.text_draft import TextDraftProposer, text_proposer
+from tightwad.gateway.types import (
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    GenerationStats,
+    LogprobEntry,
+    TextDelta,
+    Usage,
+)
+from tightwad.spec.proposers import NGramProposer, PredictionProposer
+from tightwad.spec.sampling import SamplingConfig, SparseDist
+from tightwad.spec.stops import OutputGuard
+
+if TYPE_CHECKING:
+    from tightwad.gateway.loop.route import SpecBackend
+
+__all__ = ["RequestRun"]
+
+T = TypeVar("T")
+
+
+class RequestRun:
+    """One request's loop over the route's target (and drafter) sessions."""
+
+    def __init__(self, backend: SpecBackend, request: GenerationRequest) -> None:
+        self.b = backend
+        self.spec = backend.spec
+        self.knobs = backend.spec.knobs
+        self.req = request
+        self.info = backend.target_info
+        self.pieces = backend.pieces
+        self.target: RemoteSession | None = None
+        self.c = Counters()
+        self.prompt: list[int] = []
+        self.output: list[int] = []
+        self.ngram: NGramProposer | None = None
+        self.prediction: PredictionProposer | None = None
+        self.text_draft: TextDraftProposer | None = None
+        self.model: ModelDrafting | None = None
+        self.copy = CopyState()
+        self.prefill_ms = 0.0
+        self.cached = 0
+        self.done = False
+
+    async def _prompt_tokens(self) -> list[int]:
+        r, t = self.req, self.spec.target
+        if r.prompt_tokens is not None:
+            return list(r.prompt_tokens)
+        if r.messages is not None:
+            return await t.render_chat([(m.role, m.content, m.name) for m in r.messages])
+        return await t.tokenize(r.prompt or "", add_special=True, parse_special=True)
+
+    async def _open(self) -> OutputGuard:
+        """Tokenize the prompt, check it fits, open the target session; the output's guard."""
+        r = self.req
+        self.prompt = await self._target_call(self._prompt_tokens())
+        n_ctx = self.info.n_ctx
+        if len(self.prompt) >= n_ctx:
+            raise ContextLengthError(
+                f"the prompt is {len(self.prompt)} tokens; model {self.spec.name} has a context "
+                f"of {n_ctx} tokens",
+                param="messages" if r.messages is not None else "prompt",
+            )
+        budget = n_ctx - len(self.prompt)
+        max_tokens = min(r.max_tokens, budget) if r.max_tokens is not None else budget
+        guard = OutputGuard(
+            self.pieces,
+            stop_strings=r.stop,
+            eog_token_ids=self.info.eog_token_ids,
+            max_tokens=max_tokens,
+        )
+        # No deadline on the whole stream: a long generation on a busy host is legitimate; the
+        # request deadline (gateway request_timeout_s) bounds it and each call has its own.
+        self.target = self.spec.target.session(timeout_s=None)
+        opened = await self._target_call(
+            self.target.open(
+                self.prompt,
+                r.sampling,
+                seed=r.seed,
+                top_logprobs=r.top_logprobs,
+                logprobs=r.logprobs,
+                grammar=r.grammar,
+            )
+        )
+        self.prefill_ms, self.cached = opened.prefill_ms, opened.cached_tokens
+        return guard
+
+    async def events(self) -> AsyncGenerator[GenerationEvent, None]:
+        guard = await self._open()
+        assert self.target is not None
+        await self._setup_drafting()
+        if self.req.echo:
+            echo = b"".join(self.pieces[t] for t in self.prompt).decode("utf-8", "replace")
+            yield TextDelta(text=echo)
+        control = self._control()
+        n_ctx = self.info.n_ctx
+        # Drafts for the next round made while this one verified (pipelined model drafts).
+        pending = Draft()
+        # Tokens the grammar forces next: the next round's draft, at no drafting cost.
+        forced: tuple[int, ...] = ()
+        grammar_done = False
+        # A plain Verify queued on the target whose result the next round takes.
+        ahead = False
+        while not guard.finished and not grammar_done:
+            room = n_ctx - len(self.prompt) - len(self.output)
+            if room <= 0:
+                break
+            # Tokens a round may still emit: draft no more than the budget can use.
+            left = room if guard.max_tokens is None else min(room, guard.max_tokens - guard.count)
+            t0 = time.perf_counter()
+            draft, k, lead, t_draft = Draft(), 0, 0, 0.0
+            ngram_seen = len(self.ngram.tokens) if self.ngram is not None else 0
+            if ahead:  # the plain step queued last round
+                ahead = False
+                res = await self._target_call(self.target.read_verified())
+            else:
+                stretch = 0 if (pending or forced) else self._stretch(control, room, guard)
+                if stretch > 1:
+                    async for item in self._plain_run(stretch, guard, control):
+                        if isinstance(item, GenerateEnd):
+                            forced, grammar_done = item.forced, item.grammar_done
+                        else:
+                            yield item
+                    continue
+                draft, k, lead = await self._draft(control, left, pending, forced)
+                forced = ()
+                t_draft = time.perf_counter() - t0
+                if self.model is not None:
+                    self.model.start_pipeline(draft, len(self.prompt) + len(self.output))
+                res, ahead = await self._target_call(self._round(draft, left))
+            elapsed = time.perf_counter() - t0
+            self._account(control, draft, res, k=k, lead=lead, elapsed=elapsed, t_draft=t_draft)
+            block = [*draft.tokens[: res.accepted], res.next_token]
+            before = len(self.output)
+            self.output.extend(block)
+            if self.ngram is not None:
+                if lead:  # the forced tokens were indexed before the lookup
+                    self.ngram.sync([*self.ngram.tokens[:ngram_seen], *block])
+                else:
+                    self.ngram.extend(block)
+            round_no = self.c.round_no
+            parts = policy.block_origins(
+                block, lead=lead, accepted=res.accepted, drafted=bool(draft)
+            )
+            offset, kept_all = 0, 0
+            for origin, toks in parts:
+                if not toks:
+                    continue
+                out = guard.push_block(toks)
+                kept_all += out.kept
+                if out.text or out.kept:
+                    yield TextDelta(
+                        text=out.text,
+                        token_ids=tuple(toks[: out.kept]),
+                        logprobs=self._logprobs(res, offset, out.kept),
+                        origin=origin,
+                        round=round_no,
+                    )
+                offset += len(toks)
+            if res.grammar_done and kept_all == len(block):
+                grammar_done = True  # the output is complete, even at max_tokens
+            if guard.finished or grammar_done:
+                break
+            # A plain step queued behind this one already took the first forced token.
+            forced = () if ahead else res.forced
+            pending = Draft()
+            if self.model is not None:
+                pending = await self.model.after_round(draft, res, len(self.prompt) + before)
+            if forced:
+                pending = Draft()
+        tail = guard.finish()
+        if tail:
+            yield TextDelta(text=tail, round=self.c.round_no)
+        self.done = True
+        yield Finished(
+            finish_reason="stop" if grammar_done else (guard.finish_reason or "length"),
+            usage=Usage(prompt_tokens=len(self.prompt), completion_tokens=guard.count),
+            stats=self._stats(),
+        )
+
+    async def _draft(
+        self, control: RequestControl, left: int, pending: Draft, forced: Sequence[int]
+    ) -> tuple[Draft, int, int]:
+        """This round's draft, the k asked of the proposer, and how many forced tokens lead
+        the draft. Forced tokens lead (a pipelined guess gives way to them) and the route's
+        proposer continues after them where k leaves room; else the pipelined draft, else the
+        proposers'. The draft is cut to what the budget can use."""
+        k = policy.round_k(
+            self.knobs,
+            next_k=control.next_k(),
+            run_k=self.copy.run_k,
+            plain_measured=control.plain_step_seconds() is not None,
+            left=left,
+        )
+        if k > 0 and self.model is not None:
+            self.model.ensure_opening()
+        lead = 0
+        if forced:
+            head, k = policy.forced_head(self.knobs, forced, k=k, left=left)
+            lead = len(head)
+            if self.ngram is not None:
+                self.ngram.extend(head)
+            rest = Draft()
+            if k > 0 or self.ngram is not None:
+                rest = await self._propose(k, left - 1 - lead, head)
+                if rest.shaped:
+                    k = len(rest)
+            q = (*(SparseDist.one_hot(t) for t in head), *rest.q) if rest.q else None
+            draft = Draft(
+                (*head, *rest.tokens),
+                q,
+                copy=rest.copy,
+                shaped=rest.shaped,
+                in_drafter=rest.in_drafter,
+            )
+        elif pending:
+            draft = pending
+        else:
+            draft = Draft()
+            if k > 0 or self.ngram is not None:
+                draft = await self._propose(k, left - 1)
+                if draft.shaped:
+                    k = len(draft)
+        return draft.cut(left - 1), k, lead
+
+    def _control(self) -> RequestControl:
+        if not self.spec.adaptive:
+            return RequestControl(FixedK(self.spec.max_draft_tokens), None)
+        proposer = "prediction" if self.prediction is not None else self.spec.draft_mode
+        return request_control(
+            self.spec.control,
+            proposer=proposer,
+            shared=self.b.controller_for(proposer),
+            costs=self.b.costs,
+        )
+
+    def _account(
+        self,
+        control: RequestControl,
+        draft: Draft,
+        res: Verified,
+        *,
+        k: int,
+        lead: int,
+        elapsed: float,
+        t_draft: float,
+    ) -> None:
+        """Count the round, teach the controllers and the route's verify costs, and step the
+        copy state. The controller learns from the proposer's part of the draft only: forced
+        tokens cost no drafting and are always accepted."""
+        self.c.draft_ms += t_draft * 1000.0
+        self.c.verify_ms += res.verify_ms
+        self.c.record_round(len(draft), res.accepted, lead)
+        self.b.record_verify(len(draft) + 1, res.verify_ms / 1000.0)
+        own, own_acc = len(draft) - lead, max(0, res.accepted - lead)
+        if own:
+            control.record(k, own, own_acc, elapsed, t_draft)
+        elif not lead:
+            control.record_plain(elapsed)
+        result = RoundResult(
+            k=k,
+            drafted=own,
+            accepted=own_acc,
+            elapsed=elapsed,
+            t_plain=control.plain_step_seconds(),
+            copy=draft.copy,
+            lead=lead,
+            in_drafter=draft.in_drafter,
+        )
+        self.copy = policy.after_round(self.knobs, self.copy, result, len(self.output))
+
+    async def _target_call(self, coro: Awaitable[T]) -> T:
+        """Await a target call; any failure becomes a clear UnavailableError (or passes on a
+        request error such as a context overflow)."""
+        try:
+            return await asyncio.wait_for(coro, self.spec.target_timeout_s)
+        except TimeoutError as exc:
+            raise UnavailableError(
+                f"target model of route {self.spec.name} did not answer within "
+                f"{self.spec.target_timeout_s:.0f} s"
+            ) from exc
+        except (ContextLengthError, ConfigError):
+            raise
+        except TightwadError as exc:
+            if exc.http_status < 500 and exc.http_status != 429:
+                raise
+            raise UnavailableError(
+                f"target model of route {self.spec.name} failed: {exc.message}"
+            ) from exc
+
+    # -- drafting -----------------------------------------------------------------------
+
+    async def _setup_drafting(self) -> None:
+        mode = self.spec.draft_mode
+        if self.req.prediction and mode != "none":
+            toks = await self.spec.target.tokenize(
+                self.req.prediction, add_special=False, parse_special=False
+            )
+            self.prediction = PredictionProposer(toks)
+            # The caller says the output is mostly this text: start with copy-length drafts
+            # that double while accepted (a wrong guess costs one wide verify; the run logic
+            # then falls back).
+            self.copy = CopyState(
+                run_k=min(self.spec.prediction_start_tokens, self.spec.max_draft_tokens)
+            )
+            # Where the output has left the prediction, n-gram lookups over the prediction and
+            # the prompt (which usually quotes the original) find the way back. The prediction
+            # is indexed first: lookups match the end of the sequence, the committed tokens.
+            self.ngram = NGramProposer(min_n=2, max_n=self.spec.ngram_max_n)
+            self.ngram.extend(toks)
+        if mode in ("ngram", "hybrid") and self.ngram is None:
+            # A 1-token suffix match proposes mostly junk that only costs verify width.
+            self.ngram = NGramProposer(min_n=2, max_n=self.spec.ngram_max_n)
+        if self.ngram is not None:
+            self.ngram.extend(self.prompt)
+        if mode not in ("model", "hybrid"):
+            return
+        # Text drafters serve when no Engine drafter (same vocabulary, token level) is healthy.
+        if self.b.pick_drafter() is None:
+            self.text_draft = text_proposer(
+                self.spec.text_drafters,
+                target=self.spec.target,
+                pieces=self.pieces,
+                request=self.req,
+                prompt=self.prompt,
+                bos_token_id=self.info.bos_token_id,
+                timeout_s=self.spec.draft_timeout_s,
+                cooldown_s=self.spec.drafter_cooldown_s,
+                route=self.spec.name,
+            )
+        if self.text_draft is None:
+            # A seeded request drafts greedily (one-hot drafts, sample-and-match): the target
+            # then draws one uniform per emitted token, exactly as plain decoding does, so the
+            # output is the same with or without speculation. Unseeded sampled requests draft
+            # by sampling and are verified by rejection sampling (same distribution).
+            seeded = self.req.seed is not None
+            sampling = SamplingConfig() if seeded else self.req.sampling
+            self.model = ModelDrafting(self.spec, self.b.pick_drafter, self.prompt, sampling)
+
+    async def _propose(self, k: int, room: int, head: Sequence[int] = ()) -> Draft:
+        """Drafts for this round (k = 0: only a copy). ``head``: forced tokens that lead this
+        round's draft; the drafts continue after them (a text drafter does not continue a
+        forced draft)."""
+        free = policy.free_draft(
+            self.knobs,
+            self.copy,
+            self.b.costs,
+            k=k,
+            room=room,
+            output=self.output,
+            prediction=self.prediction,
+            ngram=self.ngram,
+            after_forced=bool(head),
+        )
+        if free is not None:
+            return free
+        if self.text_draft is not None and not head:
+            drafts = await self.text_draft.propose(self.output, k)
+            if drafts is None:  # failed: dropped for the request
+                self.c.draft_failures += 1
+                self.text_draft = None
+                return Draft()
+            return Draft(tuple(drafts))
+        if self.model is not None and self.model.ready:
+            return await self.model.draft(k, [*self.prompt, *self.output, *head])
+        return Draft()
+
+    # -- plain stretches ----------------------------------------------------------------
+
+    def _outlook(self, control: RequestControl, *, pipelined: bool) -> Outlook:
+        """The facts :func:`~.policy.plain_stretch` decides from. The controller's k is asked
+        only where the policy reads it (asking may start a probe)."""
+        looks = self.ngram is not None or self.prediction is not None
+        asks = looks and self.knobs.plain_chunks and self.knobs.plain_lookahead and not pipelined
+        model = self.model is not None or self.text_draft is not None
+        return Outlook(
+            produced=len(self.output),
+            next_k=control.next_k() if asks else 0,
+            plain_ahead=control.plain_steps_ahead(),
+            model_drafting=model,
+            prediction_run=self.prediction.sync(self.output) if self.prediction else None,
+            ngram_match=self.ngram.lookup(None, 1).match_length if self.ngram else None,
+            ngram_min_n=self.ngram.min_n if self.ngram is not None else 2,
+        )
+
+    def _stretch(self, control: RequestControl, room: int, guard: OutputGuard) -> int:
+        pipelined = self.model is not None and self.model.pipelined
+        budget = None if guard.max_tokens is None else guard.max_tokens - guard.count
+        view = self._outlook(control, pipelined=pipelined)
+        return policy.plain_stretch(
+            self.knobs, self.copy, view, pipelined=pipelined, room=room, budget=budget
+        )
+
+    async def _round(self, draft: Draft, left: int) -> tuple[Verified, bool]:
+        """Send this round's Verify; a plain one also queues the next plain step (lookahead)
+        when the policy says so. The result, and whether a step was queued."""
+        assert self.target is not None
+        q = list(draft.q) if draft.q is not None else None
+        await self.target.send_verify(list(draft.tokens), q)
+        queued = policy.queue_lookahead(self.knobs, len(draft), left)
+        if queued:
+            await self.target.send_verify()
+        return await self.target.read_verified(), queued
+
+    async def _plain_run(
+        self, n: int, guard: OutputGuard, control: RequestControl
+    ) -> AsyncGenerator[TextDelta | GenerateEnd, None]:
+        """Decode ``n`` plain tokens as one stream; each still counts as a plain step. Ends
+        with the stream's :class:`GenerateEnd` unless the output finished first."""
+        assert self.target is not None
+        gen = self.target.generate(n)
+        async with contextlib.aclosing(gen):
+            t_prev = time.perf_counter()
+            while True:
+                g: Generated | GenerateEnd | None = await self._target_call(anext(gen, None))
+                if g is None:
+                    return
+                if isinstance(g, GenerateEnd):
+                    yield g
+                    return
+                now = time.perf_counter()
+                step, t_prev = max(now - t_prev, 1e-6), now
+                control.record_plain(step)
+                self.c.record_round(0, 0)
+                self.c.verify_ms += step * 1000.0
+                res = Verified(
+                    accepted=0,
+                    next_token=g.token,
+                    logprobs=(g.logprob,) if g.logprob is not None else (),
+                    verify_ms=step * 1000.0,
+                )
+                self.output.append(g.token)
+                if self.ngram is not None:
+                    self.ngram.extend([g.token])
+                out = guard.push_block([g.token])
+                if out.text or out.kept:
+                    yield TextDelta(
+                        text=out.text,
+                        token_ids=(g.token,) if out.kept else (),
+                        logprobs=self._logprobs(res, 0, out.kept),
+                        origin="plain",
+                        round=self.c.round_no,
+                    )
+                if guard.finished:
+                    return  # the session is still streaming: cleanup cancels the rest
+
+    # -- results ------------------------------------------------------------------------
+
+    def _logprobs(self, res: Verified, offset: int, kept: int) -> tuple[LogprobEntry, ...]:
+        """Entries for the ``kept`` tokens of ``res``'s block from ``offset`` on."""
+        if not (self.req.logprobs or self.req.top_logprobs) or not res.logprobs:
+            return ()
+        pieces = self.pieces
+        out = []
+        for lp in res.logprobs[offset : offset + kept]:
+            raw = pieces[lp.token_id]
+            out.append(
+                LogprobEntry(
+                    token=raw.decode("utf-8", "replace"),
+                    token_bytes=raw,
+                    logprob=lp.logprob,
+                    top=tuple(
+                        (
+                            pieces[t.token_id].decode("utf-8", "replace"),
+                            pieces[t.token_id],
+                            t.logprob,
+                        )
+                        for t in lp.top
+                    ),
+                )
+            )
+        return tuple(out)
+
+    def _stats(self) -> GenerationStats:
+        c = self.c
+        return GenerationStats(
+            mode=self.spec.draft_mode,
+            rounds=c.rounds,
+            drafted=c.drafted,
+            accepted=c.accepted,
+            plain_steps=c.plain_steps,
+            draft_ms=c.draft_ms,
+            verify_ms=c.verify_ms,
+            prefill_ms=self.prefill_ms,
+            cached_prompt_tokens=self.cached,
+            draft_failures=c.draft_failures + (self.model.failures if self.model else 0),
+            accepted_by_position=tuple(c.by_position),
+            forced_drafted=c.forced_drafted,
+            forced_accepted=c.forced_accepted,
+        )
+
+    async def cleanup(self) -> None:
+        if self.model is not None:
+            await self.model.close(done=self.done)
+        if self.target is None:
+            return
+        if self.done:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.target.close(), 2.0)
+        else:
+            self.target.abort()
