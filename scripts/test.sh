@@ -29,10 +29,20 @@ fi
 "$VPY" -m tightwad.fetch_models >/dev/null
 scripts/build_llama.sh bin >/dev/null
 echo "== buf lint" >&2
-(cd protos && npx --yes @bufbuild/buf lint)
-if [[ -n "${TIGHTWAD_BUF_AGAINST:-}" ]] || git cat-file -e HEAD~1:protos/buf.yaml 2>/dev/null; then
+npx --yes @bufbuild/buf lint  # the workspace config is buf.yaml at the repository root
+# Breaking changes against the previous commit, whichever layout it had (the buf config moved
+# from protos/ to the root; both name the same files, tightwad/v1/*.proto).
+against="${TIGHTWAD_BUF_AGAINST:-}"
+if [[ -z "$against" ]]; then
+  if git cat-file -e HEAD~1:buf.yaml 2>/dev/null; then
+    against=".git#ref=HEAD~1"
+  elif git cat-file -e HEAD~1:protos/buf.yaml 2>/dev/null; then
+    against=".git#ref=HEAD~1,subdir=protos"
+  fi
+fi
+if [[ -n "$against" ]]; then
   echo "== buf breaking" >&2
-  (cd protos && npx --yes @bufbuild/buf breaking --against "${TIGHTWAD_BUF_AGAINST:-../.git#ref=HEAD~1,subdir=protos}")
+  npx --yes @bufbuild/buf breaking --against "$against"
 fi
 echo "== ruff" >&2
 .venv/bin/ruff check .
