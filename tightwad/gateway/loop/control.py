@@ -26,7 +26,6 @@ class Counters:
     plain_steps: int = 0
     draft_ms: float = 0.0
     verify_ms: float = 0.0
-    draft_failures: int = 0
     by_position: list[int] = field(default_factory=list)
     forced_drafted: int = 0
     forced_accepted: int = 0

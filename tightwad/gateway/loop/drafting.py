@@ -1,13 +1,18 @@
-"""One request's draft model: its session on the route's fastest healthy drafter, kept in line
-with what the target committed, and the pipelined draft of the next round.
+"""A request's drafter: the proposer asked for k tokens when no draft-free proposal serves.
 
-Owns :class:`ModelDrafting`. The drafter opens (prefills) in the background the first time a
-round wants a draft (:meth:`ModelDrafting.ensure_opening`): the target never waits for it,
-rounds use it once it is ready (its first draft catches up with what was committed), and a
-route whose drafting cannot pay never pays for the prefill (it would compete with the target on
-a shared host). A drafter that fails or stalls is dropped for the rest of the request (counted
-in :attr:`ModelDrafting.failures`, resting for the route) and the request decodes on: every
-method returns an empty :class:`~tightwad.gateway.loop.policy.Draft` rather than raising.
+Owns the :class:`Drafter` interface and its two kinds: :class:`ModelDrafting` (a draft model's
+session on the route's fastest healthy draft engine, kept in line with what the target
+committed, with the pipelined draft of the next round) and :class:`TextDrafting` (a text
+server such as Ollama, :mod:`tightwad.gateway.text_draft`). Draft-free proposers (n-gram,
+predicted outputs, grammar-forced tokens) are pure and live in :mod:`.policy`.
+
+A draft model opens (prefills) in the background the first time a round wants a draft
+(:meth:`ModelDrafting.ensure_opening`): the target never waits for it, rounds use it once it is
+ready (its first draft catches up with what was committed), and a route whose drafting cannot
+pay never pays for the prefill (it would compete with the target on a shared host). A drafter
+that fails or stalls is dropped for the rest of the request (counted in ``failures``; a draft
+engine also rests for the route) and the request decodes on: a drafter returns an empty
+:class:`~tightwad.gateway.loop.policy.Draft` rather than raising.
 
 With ``pipeline``, while the target verifies round n the drafter already drafts round n+1
 assuming all of round n is accepted (its first token is its guess of the target's next token);
@@ -20,20 +25,104 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from tightwad.errors import TightwadError
 from tightwad.gateway.engine_client import DraftProposal, RemoteSession, Verified
 from tightwad.gateway.loop.policy import Draft, pipelined_draft_holds
+from tightwad.gateway.text_draft import TextDraftProposer
 from tightwad.logs import get_logger
 from tightwad.spec.sampling import SamplingConfig
 
 if TYPE_CHECKING:
     from tightwad.gateway.loop.route import DrafterHealth, RouteSpec
 
-__all__ = ["ModelDrafting"]
+__all__ = ["Drafter", "ModelDrafting", "TextDrafting"]
 
 log = get_logger("tightwad.gateway.loop")
+
+
+class Drafter(Protocol):
+    """A request's drafter. It never raises for its own failures: it counts them
+    (:attr:`failures`) and drafts nothing from then on."""
+
+    #: Whether it drafts after grammar-forced tokens (a text drafter does not).
+    continues_forced: bool
+
+    @property
+    def may_serve(self) -> bool:
+        """It may draft a coming round (so no round is certainly plain)."""
+        ...
+
+    @property
+    def pipelined(self) -> bool:
+        """A draft of the next round is in flight."""
+        ...
+
+    @property
+    def failures(self) -> int: ...
+
+    def ensure_opening(self) -> None:
+        """A round wants a draft: get ready (in the background) unless already."""
+        ...
+
+    async def propose(self, k: int, committed: Sequence[int], output: Sequence[int]) -> Draft:
+        """Up to k tokens after ``committed`` (prompt + ``output`` + forced tokens)."""
+        ...
+
+    def start_pipeline(self, draft: Draft, committed: int) -> None:
+        """The round of ``draft`` is about to verify (``committed`` tokens before it)."""
+        ...
+
+    async def after_round(self, draft: Draft, res: Verified, base: int) -> Draft:
+        """The round verified; the next round's pipelined draft (or an empty one)."""
+        ...
+
+    async def close(self, *, done: bool) -> None: ...
+
+
+class TextDrafting:
+    """A text drafter as a request's :class:`Drafter`: greedy one-hot drafts, dropped for the
+    request at its first failure."""
+
+    continues_forced = False
+
+    def __init__(self, proposer: TextDraftProposer) -> None:
+        self._proposer = proposer
+        self._failures = 0
+
+    @property
+    def may_serve(self) -> bool:
+        return self._failures == 0
+
+    @property
+    def pipelined(self) -> bool:
+        return False
+
+    @property
+    def failures(self) -> int:
+        return self._failures
+
+    def ensure_opening(self) -> None:
+        return None
+
+    async def propose(self, k: int, committed: Sequence[int], output: Sequence[int]) -> Draft:
+        if self._failures:
+            return Draft()
+        got = await self._proposer.propose(output, k)
+        if got is None:  # failed: dropped for the request
+            self._failures += 1
+            return Draft()
+        return Draft(tuple(got))
+
+    def start_pipeline(self, draft: Draft, committed: int) -> None:
+        return None
+
+    async def after_round(self, draft: Draft, res: Verified, base: int) -> Draft:
+        return Draft()
+
+    async def close(self, *, done: bool) -> None:
+        return None
 
 
 class ModelDrafting:
@@ -59,10 +148,13 @@ class ModelDrafting:
         self._pre: asyncio.Task[DraftProposal] | None = None
         self._failures = 0
 
+    continues_forced = True
+
     @property
-    def ready(self) -> bool:
-        """The session is open and drafts."""
-        return self._session is not None
+    def may_serve(self) -> bool:
+        """For the whole request: once wanted, a drafter that failed still counts (rounds the
+        controller would draft are then not decoded as plain stretches)."""
+        return True
 
     @property
     def pipelined(self) -> bool:
@@ -115,10 +207,12 @@ class ModelDrafting:
         self._session = None
         self._cancel_pipeline()
 
-    async def draft(self, k: int, committed: Sequence[int]) -> Draft:
+    async def propose(self, k: int, committed: Sequence[int], output: Sequence[int]) -> Draft:
         """Up to k drafted tokens after ``committed`` (prompt + output + forced tokens); the
-        session first catches up with what of it it does not hold."""
-        assert self._session is not None
+        session first catches up with what of it it does not hold. Nothing while the session
+        is not open (yet, or any more)."""
+        if self._session is None:
+            return Draft()
         keep = self._valid
         append = committed[keep:]
         t0 = time.perf_counter()

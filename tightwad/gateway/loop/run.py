@@ -20,9 +20,9 @@ from tightwad.errors import ConfigError, ContextLengthError, TightwadError, Unav
 from tightwad.gateway.engine_client import Generated, GenerateEnd, RemoteSession, Verified
 from tightwad.gateway.loop import policy
 from tightwad.gateway.loop.control import Counters, FixedK, RequestControl, request_control
-from tightwad.gateway.loop.drafting import ModelDrafting
+from tightwad.gateway.loop.drafting import Drafter, ModelDrafting, TextDrafting
 from tightwad.gateway.loop.policy import CopyState, Draft, Outlook, RoundResult
-from tightwad.gateway.text_draft import TextDraftProposer, text_proposer
+from tightwad.gateway.text_draft import text_proposer
 from tightwad.gateway.types import (
     Finished,
     GenerationEvent,
@@ -60,8 +60,8 @@ class RequestRun:
         self.output: list[int] = []
         self.ngram: NGramProposer | None = None
         self.prediction: PredictionProposer | None = None
-        self.text_draft: TextDraftProposer | None = None
-        self.model: ModelDrafting | None = None
+        # The proposer asked when no draft-free one serves (model and hybrid routes).
+        self.drafter: Drafter | None = None
         self.copy = CopyState()
         self.prefill_ms = 0.0
         self.cached = 0
@@ -150,47 +150,26 @@ class RequestRun:
                 draft, k, lead = await self._draft(control, left, pending, forced)
                 forced = ()
                 t_draft = time.perf_counter() - t0
-                if self.model is not None:
-                    self.model.start_pipeline(draft, len(self.prompt) + len(self.output))
+                if self.drafter is not None:
+                    self.drafter.start_pipeline(draft, len(self.prompt) + len(self.output))
                 res, ahead = await self._target_call(self._round(draft, left))
             elapsed = time.perf_counter() - t0
             self._account(control, draft, res, k=k, lead=lead, elapsed=elapsed, t_draft=t_draft)
             block = [*draft.tokens[: res.accepted], res.next_token]
             before = len(self.output)
-            self.output.extend(block)
-            if self.ngram is not None:
-                if lead:  # the forced tokens were indexed before the lookup
-                    self.ngram.sync([*self.ngram.tokens[:ngram_seen], *block])
-                else:
-                    self.ngram.extend(block)
-            round_no = self.c.round_no
-            parts = policy.block_origins(
-                block, lead=lead, accepted=res.accepted, drafted=bool(draft)
-            )
-            offset, kept_all = 0, 0
-            for origin, toks in parts:
-                if not toks:
-                    continue
-                out = guard.push_block(toks)
-                kept_all += out.kept
-                if out.text or out.kept:
-                    yield TextDelta(
-                        text=out.text,
-                        token_ids=tuple(toks[: out.kept]),
-                        logprobs=self._logprobs(res, offset, out.kept),
-                        origin=origin,
-                        round=round_no,
-                    )
-                offset += len(toks)
-            if res.grammar_done and kept_all == len(block):
+            self._commit(block, lead=lead, ngram_seen=ngram_seen)
+            deltas, kept = self._deltas(guard, block, res, lead=lead, drafted=bool(draft))
+            for delta in deltas:
+                yield delta
+            if res.grammar_done and kept == len(block):
                 grammar_done = True  # the output is complete, even at max_tokens
             if guard.finished or grammar_done:
                 break
             # A plain step queued behind this one already took the first forced token.
             forced = () if ahead else res.forced
             pending = Draft()
-            if self.model is not None:
-                pending = await self.model.after_round(draft, res, len(self.prompt) + before)
+            if self.drafter is not None:
+                pending = await self.drafter.after_round(draft, res, len(self.prompt) + before)
             if forced:
                 pending = Draft()
         tail = guard.finish()
@@ -202,6 +181,43 @@ class RequestRun:
             usage=Usage(prompt_tokens=len(self.prompt), completion_tokens=guard.count),
             stats=self._stats(),
         )
+
+    def _commit(self, block: list[int], *, lead: int, ngram_seen: int) -> None:
+        """Append a verified block to the output and the n-gram index (``lead`` forced tokens
+        were indexed before the round's lookup, the index then held ``ngram_seen`` tokens)."""
+        self.output.extend(block)
+        if self.ngram is None:
+            return
+        if lead:
+            self.ngram.sync([*self.ngram.tokens[:ngram_seen], *block])
+        else:
+            self.ngram.extend(block)
+
+    def _deltas(
+        self, guard: OutputGuard, block: list[int], res: Verified, *, lead: int, drafted: bool
+    ) -> tuple[list[TextDelta], int]:
+        """A verified block through the guard, part by origin; the deltas to emit and how
+        many of the block's tokens the guard kept (fewer: the output ended inside it)."""
+        parts = policy.block_origins(block, lead=lead, accepted=res.accepted, drafted=drafted)
+        deltas: list[TextDelta] = []
+        offset, kept_all = 0, 0
+        for origin, toks in parts:
+            if not toks:
+                continue
+            out = guard.push_block(toks)
+            kept_all += out.kept
+            if out.text or out.kept:
+                deltas.append(
+                    TextDelta(
+                        text=out.text,
+                        token_ids=tuple(toks[: out.kept]),
+                        logprobs=self._logprobs(res, offset, out.kept),
+                        origin=origin,
+                        round=self.c.round_no,
+                    )
+                )
+            offset += len(toks)
+        return deltas, kept_all
 
     async def _draft(
         self, control: RequestControl, left: int, pending: Draft, forced: Sequence[int]
@@ -217,8 +233,8 @@ class RequestRun:
             plain_measured=control.plain_step_seconds() is not None,
             left=left,
         )
-        if k > 0 and self.model is not None:
-            self.model.ensure_opening()
+        if k > 0 and self.drafter is not None:
+            self.drafter.ensure_opening()
         lead = 0
         if forced:
             head, k = policy.forced_head(self.knobs, forced, k=k, left=left)
@@ -342,7 +358,7 @@ class RequestRun:
             return
         # Text drafters serve when no Engine drafter (same vocabulary, token level) is healthy.
         if self.b.pick_drafter() is None:
-            self.text_draft = text_proposer(
+            text = text_proposer(
                 self.spec.text_drafters,
                 target=self.spec.target,
                 pieces=self.pieces,
@@ -353,14 +369,16 @@ class RequestRun:
                 cooldown_s=self.spec.drafter_cooldown_s,
                 route=self.spec.name,
             )
-        if self.text_draft is None:
-            # A seeded request drafts greedily (one-hot drafts, sample-and-match): the target
-            # then draws one uniform per emitted token, exactly as plain decoding does, so the
-            # output is the same with or without speculation. Unseeded sampled requests draft
-            # by sampling and are verified by rejection sampling (same distribution).
-            seeded = self.req.seed is not None
-            sampling = SamplingConfig() if seeded else self.req.sampling
-            self.model = ModelDrafting(self.spec, self.b.pick_drafter, self.prompt, sampling)
+            if text is not None:
+                self.drafter = TextDrafting(text)
+                return
+        # A seeded request drafts greedily (one-hot drafts, sample-and-match): the target
+        # then draws one uniform per emitted token, exactly as plain decoding does, so the
+        # output is the same with or without speculation. Unseeded sampled requests draft
+        # by sampling and are verified by rejection sampling (same distribution).
+        seeded = self.req.seed is not None
+        sampling = SamplingConfig() if seeded else self.req.sampling
+        self.drafter = ModelDrafting(self.spec, self.b.pick_drafter, self.prompt, sampling)
 
     async def _propose(self, k: int, room: int, head: Sequence[int] = ()) -> Draft:
         """Drafts for this round (k = 0: only a copy). ``head``: forced tokens that lead this
@@ -379,16 +397,9 @@ class RequestRun:
         )
         if free is not None:
             return free
-        if self.text_draft is not None and not head:
-            drafts = await self.text_draft.propose(self.output, k)
-            if drafts is None:  # failed: dropped for the request
-                self.c.draft_failures += 1
-                self.text_draft = None
-                return Draft()
-            return Draft(tuple(drafts))
-        if self.model is not None and self.model.ready:
-            return await self.model.draft(k, [*self.prompt, *self.output, *head])
-        return Draft()
+        if self.drafter is None or (head and not self.drafter.continues_forced):
+            return Draft()
+        return await self.drafter.propose(k, [*self.prompt, *self.output, *head], self.output)
 
     # -- plain stretches ----------------------------------------------------------------
 
@@ -397,7 +408,7 @@ class RequestRun:
         only where the policy reads it (asking may start a probe)."""
         looks = self.ngram is not None or self.prediction is not None
         asks = looks and self.knobs.plain_chunks and self.knobs.plain_lookahead and not pipelined
-        model = self.model is not None or self.text_draft is not None
+        model = self.drafter is not None and self.drafter.may_serve
         return Outlook(
             produced=len(self.output),
             next_k=control.next_k() if asks else 0,
@@ -409,7 +420,7 @@ class RequestRun:
         )
 
     def _stretch(self, control: RequestControl, room: int, guard: OutputGuard) -> int:
-        pipelined = self.model is not None and self.model.pipelined
+        pipelined = self.drafter is not None and self.drafter.pipelined
         budget = None if guard.max_tokens is None else guard.max_tokens - guard.count
         view = self._outlook(control, pipelined=pipelined)
         return policy.plain_stretch(
@@ -508,15 +519,15 @@ class RequestRun:
             verify_ms=c.verify_ms,
             prefill_ms=self.prefill_ms,
             cached_prompt_tokens=self.cached,
-            draft_failures=c.draft_failures + (self.model.failures if self.model else 0),
+            draft_failures=self.drafter.failures if self.drafter is not None else 0,
             accepted_by_position=tuple(c.by_position),
             forced_drafted=c.forced_drafted,
             forced_accepted=c.forced_accepted,
         )
 
     async def cleanup(self) -> None:
-        if self.model is not None:
-            await self.model.close(done=self.done)
+        if self.drafter is not None:
+            await self.drafter.close(done=self.done)
         if self.target is None:
             return
         if self.done:
