@@ -113,22 +113,34 @@ class ToolSyntax:
 class Hermes(ToolSyntax):
     name = "hermes"
     markers = ("<tool_call>",)
-    _block = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+    _open = "<tool_call>"
+    _close = re.compile(r"\s*(?:</tool_call>|$)")
+    _decoder = json.JSONDecoder()
 
     def parse(self, text: str) -> tuple[str, list[ParsedCall]]:
+        # Each block's JSON is decoded where it starts (a "</tool_call>" inside an argument
+        # string does not end the block); a block that does not decode stays text.
         calls: list[ParsedCall] = []
         content: list[str] = []
         pos = 0
-        for m in self._block.finditer(text):
+        start = text.find(self._open)
+        while start != -1:
+            body = start + len(self._open)
+            while body < len(text) and text[body].isspace():
+                body += 1
             try:
-                call = _call_from(json.loads(m.group(1)), ("arguments", "parameters"))
+                obj, end = self._decoder.raw_decode(text, body)
             except ValueError:
-                call = None
-            if call is None:
+                obj, end = None, body
+            close = self._close.match(text, end)
+            call = _call_from(obj, ("arguments", "parameters")) if close else None
+            if call is None or close is None:
+                start = text.find(self._open, body)
                 continue
-            content.append(text[pos : m.start()])
+            content.append(text[pos:start])
             calls.append(call)
-            pos = m.end()
+            pos = close.end()
+            start = text.find(self._open, pos)
         content.append(text[pos:])
         return ("".join(content).strip() if calls else text), calls
 
