@@ -10,14 +10,17 @@ from tightwad.gateway.loop.policy import (
     Draft,
     Knobs,
     Outlook,
+    RoundPlan,
     RoundResult,
     after_round,
     block_origins,
     certainly_plain,
     forced_head,
     free_draft,
+    lead_with,
     pipelined_draft_holds,
     plain_stretch,
+    plan_round,
     queue_lookahead,
     round_k,
     shape,
@@ -323,3 +326,47 @@ def test_draft_cut_keeps_q_in_line() -> None:
     assert d.cut(2) == Draft((1, 2), q[:2], in_drafter=True)
     assert d.cut(-1) == Draft((), (), in_drafter=True)
     assert len(Draft()) == 0 and not Draft()
+
+
+@pytest.mark.parametrize(
+    ("kw", "want"),
+    [
+        # The controller's k; the proposers are asked, the drafter should get ready.
+        ({"next_k": 4}, RoundPlan(4, 99, propose=True, open_drafter=True)),
+        # k = 0: only an n-gram index may still propose (a copy).
+        ({"next_k": 0}, RoundPlan(0, 99)),
+        ({"next_k": 0, "ngram": True}, RoundPlan(0, 99, propose=True)),
+        # A pipelined draft serves.
+        ({"next_k": 4, "pending": True}, RoundPlan(4, 99, reuse=True, open_drafter=True)),
+        # Forced tokens lead, the proposers continue after them; a pending guess gives way.
+        (
+            {"next_k": 4, "forced": (7, 8), "pending": True},
+            RoundPlan(4, 97, (7, 8), propose=True, open_drafter=True),
+        ),
+        ({"next_k": 0, "forced": (7, 8)}, RoundPlan(0, 97, (7, 8))),
+        # A copy run raises k once a plain step was measured.
+        ({"next_k": 4, "run_k": 32}, RoundPlan(32, 99, propose=True, open_drafter=True)),
+        (
+            {"next_k": 4, "run_k": 32, "measured": False},
+            RoundPlan(4, 99, propose=True, open_drafter=True),
+        ),
+    ],
+)
+def test_plan_round(kw: dict[str, object], want: RoundPlan) -> None:
+    args: dict[str, object] = {"left": 100, "measured": True, "run_k": 0}
+    args.update(kw)
+    state = CopyState(run_k=args.pop("run_k"))  # type: ignore[arg-type]
+    measured = args.pop("measured")
+    got = plan_round(K, state, plain_measured=measured, **args)  # type: ignore[arg-type]
+    assert got == want
+
+
+def test_lead_with_prepends_forced_tokens() -> None:
+    q = (SparseDist.of([5, 6], [0.7, 0.3]),)
+    got = lead_with((7, 8), Draft((5,), q, in_drafter=True))
+    assert (got.tokens, got.in_drafter, got.q is not None) == ((7, 8, 5), True, True)
+    assert got.q is not None
+    assert [d.token_ids.tolist() for d in got.q] == [[7], [8], [5, 6]]
+    assert [d.probs.tolist() for d in got.q] == [[1.0], [1.0], [0.7, 0.3]]
+    assert lead_with((7,), Draft((5,), copy=True)) == Draft((7, 5), copy=True)
+    assert lead_with((), Draft((5,))) == Draft((5,))

@@ -36,14 +36,17 @@ __all__ = [
     "Draft",
     "Knobs",
     "Outlook",
+    "RoundPlan",
     "RoundResult",
     "after_round",
     "block_origins",
     "certainly_plain",
     "forced_head",
     "free_draft",
+    "lead_with",
     "pipelined_draft_holds",
     "plain_stretch",
+    "plan_round",
     "queue_lookahead",
     "round_k",
     "shape",
@@ -141,6 +144,55 @@ def forced_head(
     head = tuple(forced[: max(0, min(left - 1, knobs.max_draft_tokens))])
     lead = len(head)
     return head, max(0, min(k, knobs.max_draft_tokens - lead, left - 1 - lead))
+
+
+@dataclass(frozen=True, slots=True)
+class RoundPlan:
+    """What a round drafts. ``k``: tokens asked of the proposers after the forced ``head``;
+    ``room``: drafted tokens they may use; ``propose``: ask them (an n-gram index may copy even
+    at k = 0); ``reuse``: the draft pipelined during the last round serves instead;
+    ``open_drafter``: the round wants a draft, so the drafter should get ready."""
+
+    k: int
+    room: int
+    head: tuple[int, ...] = ()
+    propose: bool = False
+    reuse: bool = False
+    open_drafter: bool = False
+
+
+def plan_round(
+    knobs: Knobs,
+    state: CopyState,
+    *,
+    next_k: int,
+    plain_measured: bool,
+    left: int,
+    forced: Sequence[int] = (),
+    pending: bool = False,
+    ngram: bool = False,
+) -> RoundPlan:
+    """The round's plan (:class:`RoundPlan`): k from :func:`round_k`; forced tokens lead (a
+    pipelined guess gives way to them, :func:`forced_head`) and the proposers continue after
+    them; else a ``pending`` pipelined draft is reused; else the proposers are asked (at k = 0
+    only an n-gram index, ``ngram``, may still propose a copy)."""
+    k = round_k(knobs, next_k=next_k, run_k=state.run_k, plain_measured=plain_measured, left=left)
+    wants = k > 0
+    if forced:
+        head, k = forced_head(knobs, forced, k=k, left=left)
+        room = left - 1 - len(head)
+        return RoundPlan(k, room, head, propose=k > 0 or ngram, open_drafter=wants)
+    if pending:
+        return RoundPlan(k, left - 1, reuse=True, open_drafter=wants)
+    return RoundPlan(k, left - 1, propose=k > 0 or ngram, open_drafter=wants)
+
+
+def lead_with(head: Sequence[int], rest: Draft) -> Draft:
+    """Forced tokens followed by the proposers' draft (one-hot q for the forced ones)."""
+    if not head:
+        return rest
+    q = (*(SparseDist.one_hot(t) for t in head), *rest.q) if rest.q else None
+    return replace(rest, tokens=(*head, *rest.tokens), q=q)
 
 
 def certainly_plain(knobs: Knobs, state: CopyState, view: Outlook) -> int:

@@ -33,7 +33,7 @@ from tightwad.gateway.types import (
     Usage,
 )
 from tightwad.spec.proposers import NGramProposer, PredictionProposer
-from tightwad.spec.sampling import SamplingConfig, SparseDist
+from tightwad.spec.sampling import SamplingConfig
 from tightwad.spec.stops import OutputGuard
 
 if TYPE_CHECKING:
@@ -222,47 +222,34 @@ class RequestRun:
     async def _draft(
         self, control: RequestControl, left: int, pending: Draft, forced: Sequence[int]
     ) -> tuple[Draft, int, int]:
-        """This round's draft, the k asked of the proposer, and how many forced tokens lead
-        the draft. Forced tokens lead (a pipelined guess gives way to them) and the route's
-        proposer continues after them where k leaves room; else the pipelined draft, else the
-        proposers'. The draft is cut to what the budget can use."""
-        k = policy.round_k(
+        """This round's draft (:func:`~.policy.plan_round`), the k asked of the proposers,
+        and how many forced tokens lead the draft. The draft is cut to what the budget can
+        use."""
+        plan = policy.plan_round(
             self.knobs,
+            self.copy,
             next_k=control.next_k(),
-            run_k=self.copy.run_k,
             plain_measured=control.plain_step_seconds() is not None,
             left=left,
+            forced=forced,
+            pending=bool(pending),
+            ngram=self.ngram is not None,
         )
-        if k > 0 and self.drafter is not None:
+        if plan.open_drafter and self.drafter is not None:
             self.drafter.ensure_opening()
-        lead = 0
-        if forced:
-            head, k = policy.forced_head(self.knobs, forced, k=k, left=left)
-            lead = len(head)
-            if self.ngram is not None:
-                self.ngram.extend(head)
-            rest = Draft()
-            if k > 0 or self.ngram is not None:
-                rest = await self._propose(k, left - 1 - lead, head)
-                if rest.shaped:
-                    k = len(rest)
-            q = (*(SparseDist.one_hot(t) for t in head), *rest.q) if rest.q else None
-            draft = Draft(
-                (*head, *rest.tokens),
-                q,
-                copy=rest.copy,
-                shaped=rest.shaped,
-                in_drafter=rest.in_drafter,
-            )
-        elif pending:
+        if plan.head and self.ngram is not None:
+            self.ngram.extend(plan.head)
+        k = plan.k
+        if plan.reuse:
             draft = pending
         else:
             draft = Draft()
-            if k > 0 or self.ngram is not None:
-                draft = await self._propose(k, left - 1)
+            if plan.propose:
+                draft = await self._propose(plan.k, plan.room, plan.head)
                 if draft.shaped:
                     k = len(draft)
-        return draft.cut(left - 1), k, lead
+            draft = policy.lead_with(plan.head, draft)
+        return draft.cut(left - 1), k, len(plan.head)
 
     def _control(self) -> RequestControl:
         if not self.spec.adaptive:
