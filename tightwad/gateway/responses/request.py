@@ -58,7 +58,8 @@ _HONOURED = frozenset(
 _IGNORED = frozenset(
     {
         "store", "metadata", "user", "safety_identifier", "prompt_cache_key",
-        "prompt_cache_retention", "service_tier", "reasoning", "stream_options", "truncation",
+        "prompt_cache_retention", "prompt_cache_options", "service_tier", "reasoning",
+        "stream_options", "truncation",
     }
 )  # fmt: skip
 # Accepted only when absent/null (or at the value given): each needs what a stateless local
@@ -73,8 +74,6 @@ _STATEFUL: Mapping[str, str] = {
     "answers in the request (stream for progress)",
     "context_management": "context management is not supported",
     "background_options": "background responses are not supported",
-    "prompt_cache_options": "explicit prompt cache options are not supported (prefix reuse is "
-    "automatic)",
     "moderation": "moderation is not supported",
     "access_programs": "access programs are not supported",
     "image": "image options are not supported",
