@@ -55,7 +55,7 @@ STEPS=()
 STEPS+=(
   "models|120|$VPY -m tightwad.fetch_models smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b"
   "devices|60|GGML_VK_VISIBLE_DEVICES=\${GGML_VK_VISIBLE_DEVICES:-0} $VPY -m tightwad.engine.ggml_devices && GGML_VK_VISIBLE_DEVICES=\${GGML_VK_VISIBLE_DEVICES:-0} .venv/bin/tightwad-agent --check"
-  "gpu-tier|180|$VPY -m pytest -q -m gpu tests/gpu -p no:cacheprovider --junitxml=$OUT_DIR/gpu-tier.xml"
+  "gpu-tier|240|$VPY -m pytest -q -m gpu tests/gpu -p no:cacheprovider --junitxml=$OUT_DIR/gpu-tier.xml"
 )
 if ((BENCH)); then
   STEPS+=(
