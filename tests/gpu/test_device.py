@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from support import assert_equal_or_near_tie
 
-from gpu.vk import backend_of, child_env
+from gpu.vk import backend_of, child_env, port, wait_health, wait_port
 from tightwad.agent.binaries import BinaryKind, find_binary
 from tightwad.agent.check import built_backend
 from tightwad.agent.inventory import Backend, SubprocessRunner, collect_inventory
@@ -108,36 +106,6 @@ def test_agent_check_lists_the_gpu_and_the_backend(gpu_device: dict[str, object]
     assert f"[ok] llama-cpp-python backend: {backend}" in out.stdout
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"{what} exited with {proc.returncode}"
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"{what} did not listen on {port}")
-
-
-def _wait_health(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"llama-server exited with {proc.returncode}"
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError("llama-server did not become healthy")
-
-
 def _complete(url: str, tokens: list[int]) -> list[int]:
     body = {
         "prompt": tokens,
@@ -167,7 +135,7 @@ def test_llama_server_pooled_over_a_gpu_rpc_server(
     server_bin = find_binary(BinaryKind.LLAMA_SERVER)
     if built_backend(rpc_bin) != backend_of(name):
         pytest.skip(f"{rpc_bin} is not the {backend_of(name)} build ({built_backend(rpc_bin)})")
-    rpc_port, http_port = _port(), _port()
+    rpc_port, http_port = port(), port()
     rpc_log, server_log = tmp_path / "rpc.log", tmp_path / "server.log"
     with rpc_log.open("wb") as rl, server_log.open("wb") as sl:
         rpc = subprocess.Popen(
@@ -178,7 +146,7 @@ def test_llama_server_pooled_over_a_gpu_rpc_server(
         )
         server = None
         try:
-            _wait_port(rpc_port, rpc, "ggml-rpc-server")
+            wait_port(rpc_port, rpc, "ggml-rpc-server")
             # The coordinator sees no local GPU (all hidden): every layer must go over RPC.
             server = subprocess.Popen(
                 [
@@ -210,7 +178,7 @@ def test_llama_server_pooled_over_a_gpu_rpc_server(
                 stderr=subprocess.STDOUT,
             )
             url = f"http://127.0.0.1:{http_port}"
-            _wait_health(url, server)
+            wait_health(url, server)
             for ref in cpu_reference["runs"]:  # type: ignore[attr-defined]
                 got = _complete(url, ref["prompt"])
                 assert_equal_or_near_tie(ref["tokens"], got, ref["gaps"], f"RPC({name}) vs CPU")

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gpu.test_device import _port, _wait_health, _wait_port
-from gpu.vk import child_env
+from gpu.vk import child_env, port, wait_health, wait_port
 from tightwad.agent.binaries import BinaryKind, find_binary
 from tightwad.engine.model_facts import ModelFacts, read_model_facts
 from tightwad.engine.offload import OffloadDevice, OffloadOptions, compute_bytes, plan_offload
@@ -42,7 +41,7 @@ def test_a_cpu_gpu_rpc_split_allocates_what_the_plan_predicted(
     facts = read_model_facts(smollm_path)
     opts = OffloadOptions(ubatch=512, flash_attn=True)
     name = str(gpu_device["name"])
-    rpc_port, http_port = _port(), _port()
+    rpc_port, http_port = port(), port()
     rpc_name = f"RPC[127.0.0.1:{rpc_port}]"
     gpu_free = _room_for(facts, range(10, 20), False, opts)
     rpc_free = _room_for(facts, range(20, 30), True, opts)
@@ -69,7 +68,7 @@ def test_a_cpu_gpu_rpc_split_allocates_what_the_plan_predicted(
         )
         server = None
         try:
-            _wait_port(rpc_port, rpc, "ggml-rpc-server")
+            wait_port(rpc_port, rpc, "ggml-rpc-server")
             listed = subprocess.run(
                 [str(server_bin), "--rpc", f"127.0.0.1:{rpc_port}", "--list-devices"],
                 env=child_env(gpu=True),
@@ -112,7 +111,7 @@ def test_a_cpu_gpu_rpc_split_allocates_what_the_plan_predicted(
                 stdout=sl,
                 stderr=subprocess.STDOUT,
             )
-            _wait_health(f"http://127.0.0.1:{http_port}", server)
+            wait_health(f"http://127.0.0.1:{http_port}", server)
         finally:
             for proc in (server, rpc):
                 if proc is not None:

@@ -1,4 +1,5 @@
 """Helpers of the gpu tier: environments for child processes with the GPUs shown or hidden,
+free ports and waits for the servers they start,
 and ggml's device list as such a child sees it.
 
 Shown: Vulkan's device 0 is made visible (``GGML_VK_VISIBLE_DEVICES=0``: Mesa's llvmpipe is a
@@ -12,8 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 
 VK_ENV = "GGML_VK_VISIBLE_DEVICES"
 _HIDE = {VK_ENV: "", "CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": "-1"}
@@ -63,3 +67,34 @@ def pick_gpu(devices: list[dict[str, object]]) -> dict[str, object] | None:
     if wanted:
         return next((d for d in gpus if d["name"] == wanted), None)
     return gpus[0] if gpus else None
+
+
+def port() -> int:
+    """A free loopback TCP port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"{what} exited with {proc.returncode}"
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} did not listen on {port}")
+
+
+def wait_health(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"llama-server exited with {proc.returncode}"
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError("llama-server did not become healthy")
