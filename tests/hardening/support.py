@@ -93,6 +93,8 @@ async def start_up(
     max_concurrency: int = 8,
     queue_size: int = 32,
     threads: int = 2,
+    max_tokens_cap: int = 2048,
+    target: Path | None = None,
 ) -> UpProcess:
     """Start ``tightwad up`` with the key in the environment (never on the command line)."""
     port = free_port()
@@ -102,7 +104,7 @@ async def start_up(
         "  api_key: ${TIGHTWAD_API_KEY}\n"
         f"  max_concurrency: {max_concurrency}\n"
         f"  queue_size: {queue_size}\n"
-        "  max_tokens_cap: 2048\n"
+        f"  max_tokens_cap: {max_tokens_cap}\n"
     )
     env = {**os.environ, "TIGHTWAD_API_KEY": api_key}
     proc = await asyncio.create_subprocess_exec(
@@ -120,6 +122,7 @@ async def start_up(
         str(max_sessions),
         "--threads",
         str(threads),
+        *(["--target", str(target)] if target is not None else []),
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,

@@ -1,11 +1,13 @@
 """The OpenAPI 3.1 description of the gateway's HTTP routes, served at ``GET /openapi.json``.
 
-Owns :func:`openapi_document` (a plain dict, built once) and the :func:`openapi_json` handler.
-The request schemas mirror what :mod:`tightwad.gateway.openai_schema` accepts (field names,
-types, bounds; ``additionalProperties: false`` as the parser refuses unknown fields); the error
-body is the OpenAI ``{"error": {message, type, param, code}}`` every failure returns. The
-document is a contract for clients and the input of the hardening fuzzer
-(``tests/hardening``); when the parser learns a field, add it here.
+Owns :func:`openapi_document` (a plain dict) and the :func:`openapi_json` handler. The request
+schemas (:mod:`tightwad.gateway.openapi_requests`) say what the validator accepts, with this
+gateway's own bounds (``max_tokens`` cap, ``n`` limit), so the served document is built from
+the serving gateway's limits; the responses say what the gateway answers: the JSON bodies, each
+SSE event of a stream (a chunk, an error event, or ``[DONE]``), and the OpenAI
+``{"error": {message, type, param, code}}`` body of every failure, with ``Retry-After`` on a
+503. The document is a contract for clients and the input of the hardening fuzzers
+(``tests/hardening``, schemathesis among them); when the parser learns a field, add it there.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from typing import Any
 from aiohttp import web
 
 from tightwad import __version__
+from tightwad.gateway.openai_schema import Limits
+from tightwad.gateway.openapi_requests import chat_request, completion_request
+from tightwad.gateway.openapi_requests import nullable as _nullable
 
 __all__ = ["openapi_document", "openapi_json"]
 
@@ -24,198 +29,131 @@ _JSON = "application/json"
 _SSE = "text/event-stream"
 
 
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
-
-_TEXT_PART = {
-    "type": "object",
-    "required": ["type", "text"],
-    "additionalProperties": False,
-    "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
-}
-_CONTENT = {"anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART}]}
-
-_COMMON_PROPERTIES: dict[str, Any] = {
-    "model": {"type": "string", "minLength": 1, "description": "a route name (GET /v1/models)"},
-    "stream": _nullable({"type": "boolean"}),
-    "stream_options": _nullable(
-        {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "include_usage": {"type": "boolean"},
-                "include_obfuscation": {"type": "boolean"},
-            },
-        }
-    ),
-    "max_tokens": _nullable(
-        {"type": "integer", "minimum": 1, "description": "at most the gateway's cap"}
-    ),
-    "max_completion_tokens": _nullable({"type": "integer", "minimum": 1}),
-    "temperature": _nullable({"type": "number", "minimum": 0, "maximum": 2}),
-    "top_p": _nullable({"type": "number", "exclusiveMinimum": 0, "maximum": 1}),
-    "top_k": _nullable({"type": "integer", "minimum": 0}),
-    "min_p": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
-    "repeat_penalty": _nullable({"type": "number", "exclusiveMinimum": 0}),
-    "penalty_last_n": _nullable({"type": "integer", "minimum": -1}),
-    "presence_penalty": _nullable({"type": "number", "minimum": -2, "maximum": 2}),
-    "frequency_penalty": _nullable({"type": "number", "minimum": -2, "maximum": 2}),
-    "logit_bias": _nullable(
-        {
-            "type": "object",
-            "propertyNames": {"pattern": "^[0-9]+$"},
-            "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
-        }
-    ),
-    "seed": _nullable({"type": "integer"}),
-    "stop": _nullable(
-        {
-            "anyOf": [
-                {"type": "string"},
-                {"type": "array", "items": {"type": "string"}, "maxItems": 4},
-            ]
-        }
-    ),
-    "prediction": _nullable(
-        {
-            "type": "object",
-            "required": ["type", "content"],
-            "additionalProperties": False,
-            "properties": {"type": {"const": "content"}, "content": _CONTENT},
-        }
-    ),
-    "user": _nullable({"type": "string"}),
-    "n": _nullable({"type": "integer", "const": 1}),
-}
-
-_MESSAGE = {
-    "type": "object",
-    "required": ["role"],
-    "additionalProperties": False,
-    "properties": {
-        "role": {"enum": ["system", "user", "assistant", "developer"]},
-        "content": _nullable(_CONTENT),
-        "name": _nullable({"type": "string"}),
-        "refusal": _nullable({"type": "string"}),
-    },
-}
-
-_CHAT_REQUEST = {
-    "type": "object",
-    "required": ["model", "messages"],
-    "additionalProperties": False,
-    "properties": {
-        **_COMMON_PROPERTIES,
-        "messages": {"type": "array", "minItems": 1, "items": _MESSAGE},
-        "logprobs": _nullable({"type": "boolean"}),
-        "top_logprobs": _nullable({"type": "integer", "minimum": 0, "maximum": 20}),
-        "parallel_tool_calls": _nullable({"type": "boolean"}),
-        "tools": _nullable({"type": "array", "maxItems": 0}),
-        "tool_choice": _nullable({"const": "none"}),
-        "functions": _nullable({"type": "array", "maxItems": 0}),
-        "function_call": _nullable({"const": "none"}),
-        "response_format": _nullable(
-            {"type": "object", "properties": {"type": {"const": "text"}}, "required": ["type"]}
-        ),
-        "modalities": _nullable({"type": "array", "items": {"const": "text"}}),
-    },
-}
-
-_TOKENS = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
-_COMPLETION_REQUEST = {
-    "type": "object",
-    "required": ["model", "prompt"],
-    "additionalProperties": False,
-    "properties": {
-        **_COMMON_PROPERTIES,
-        "prompt": {
-            "anyOf": [
-                {"type": "string"},
-                _TOKENS,
-                {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1},
-                {"type": "array", "items": _TOKENS, "minItems": 1, "maxItems": 1},
-            ]
-        },
-        "logprobs": _nullable({"type": "integer", "minimum": 0, "maximum": 5}),
-        "echo": _nullable({"type": "boolean"}),
-        "best_of": _nullable({"const": 1}),
-        "suffix": _nullable({"const": ""}),
-    },
-}
 
 _USAGE = {
     "type": "object",
     "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
     "properties": {
-        "prompt_tokens": {"type": "integer"},
-        "completion_tokens": {"type": "integer"},
-        "total_tokens": {"type": "integer"},
+        "prompt_tokens": {"type": "integer", "minimum": 0},
+        "completion_tokens": {"type": "integer", "minimum": 0},
+        "total_tokens": {"type": "integer", "minimum": 0},
     },
 }
-_FINISH = _nullable({"enum": ["stop", "length", "content_filter"]})
-
-_CHAT_RESPONSE = {
+_FINISH = {"enum": ["stop", "length", "tool_calls", "content_filter"]}
+_STATS = {"type": "object", "description": "speculation statistics of this request"}
+_TOOL_CALL = {
     "type": "object",
-    "required": ["id", "object", "created", "model", "choices"],
+    "required": ["id", "type", "function"],
     "properties": {
         "id": {"type": "string"},
-        "object": {"const": "chat.completion"},
-        "created": {"type": "integer"},
-        "model": {"type": "string"},
-        "choices": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["index", "message", "finish_reason"],
-                "properties": {
-                    "index": {"type": "integer"},
-                    "message": {
-                        "type": "object",
-                        "required": ["role", "content"],
-                        "properties": {
-                            "role": {"const": "assistant"},
-                            "content": _nullable({"type": "string"}),
-                        },
-                    },
-                    "logprobs": _nullable({"type": "object"}),
-                    "finish_reason": _FINISH,
-                },
-            },
+        "type": {"const": "function"},
+        "function": {
+            "type": "object",
+            "required": ["name", "arguments"],
+            "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
         },
-        "usage": _USAGE,
-        "tightwad": {"type": "object", "description": "speculation statistics"},
+    },
+}
+# A streamed tool call: the id, type and name once, then pieces of the arguments.
+_TOOL_CALL_DELTA = {
+    "type": "object",
+    "required": ["index"],
+    "properties": {
+        "index": {"type": "integer", "minimum": 0},
+        "id": {"type": "string"},
+        "type": {"const": "function"},
+        "function": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
+        },
     },
 }
 
-_COMPLETION_RESPONSE = {
-    "type": "object",
-    "required": ["id", "object", "created", "model", "choices"],
-    "properties": {
-        "id": {"type": "string"},
-        "object": {"const": "text_completion"},
-        "created": {"type": "integer"},
-        "model": {"type": "string"},
-        "choices": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["index", "text", "finish_reason"],
-                "properties": {
-                    "index": {"type": "integer"},
-                    "text": {"type": "string"},
-                    "logprobs": _nullable({"type": "object"}),
-                    "finish_reason": _FINISH,
-                },
+
+def _envelope(obj: str, choice: dict[str, Any], *, usage: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": obj},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "system_fingerprint": {"type": "string"},
+            "choices": {"type": "array", "items": choice},
+            "usage": usage,
+            "tightwad": _STATS,
+        },
+    }
+
+
+def _choice(required: list[str], **properties: Any) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["index", *required],
+        "properties": {"index": {"type": "integer", "minimum": 0}, **properties},
+    }
+
+
+_CHAT_RESPONSE = _envelope(
+    "chat.completion",
+    _choice(
+        ["message", "finish_reason"],
+        message={
+            "type": "object",
+            "required": ["role", "content"],
+            "properties": {
+                "role": {"const": "assistant"},
+                "content": _nullable({"type": "string"}),
+                "refusal": {"type": "null"},
+                "tool_calls": {"type": "array", "items": _TOOL_CALL},
             },
         },
-        "usage": _USAGE,
-    },
-}
+        logprobs=_nullable({"type": "object"}),
+        finish_reason=_FINISH,
+    ),
+    usage=_USAGE,
+)
+_CHAT_CHUNK = _envelope(
+    "chat.completion.chunk",
+    _choice(
+        ["delta", "finish_reason"],
+        delta={
+            "type": "object",
+            "properties": {
+                "role": {"const": "assistant"},
+                "content": _nullable({"type": "string"}),
+                "tool_calls": {"type": "array", "items": _TOOL_CALL_DELTA},
+            },
+        },
+        logprobs=_nullable({"type": "object"}),
+        finish_reason=_nullable(_FINISH),
+    ),
+    usage=_nullable(_USAGE),
+)
+_COMPLETION_RESPONSE = _envelope(
+    "text_completion",
+    _choice(
+        ["text", "finish_reason"],
+        text={"type": "string"},
+        logprobs=_nullable({"type": "object"}),
+        finish_reason=_FINISH,
+    ),
+    usage=_USAGE,
+)
+_COMPLETION_CHUNK = _envelope(
+    "text_completion",
+    _choice(
+        ["text", "finish_reason"],
+        text={"type": "string"},
+        logprobs=_nullable({"type": "object"}),
+        finish_reason=_nullable(_FINISH),
+    ),
+    usage=_nullable(_USAGE),
+)
 
 _MODEL = {
     "type": "object",
@@ -225,6 +163,16 @@ _MODEL = {
         "object": {"const": "model"},
         "created": {"type": "integer"},
         "owned_by": {"type": "string"},
+        "tightwad": {
+            "type": "object",
+            "required": ["state", "ready"],
+            "properties": {
+                "state": {"type": "string", "description": "serving, not_ready, or why not"},
+                "ready": {"type": "boolean"},
+                "retry_after_s": {"type": "number"},
+            },
+            "description": "the route's state: a known route that does not serve answers 503",
+        },
     },
 }
 
@@ -276,6 +224,21 @@ _STATUS = {
 }
 
 
+def _sse_event(chunk: str) -> dict[str, Any]:
+    """One server-sent event of a stream: a chunk, an error (the stream then ends without
+    ``[DONE]``), or the final ``[DONE]``."""
+    json_data = {
+        "type": "string",
+        "contentMediaType": _JSON,
+        "contentSchema": {"anyOf": [_ref(chunk), _ref("Error")]},
+    }
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {"data": {"anyOf": [{"const": "[DONE]"}, json_data]}},
+    }
+
+
 def _json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {_JSON: {"schema": schema}}}
 
@@ -285,10 +248,10 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return refs | {"default": _json_body(_ref("Error"), "any other error (OpenAI error body)")}
 
 
-_GENERATION_ERRORS = (400, 401, 404, 413, 429, 503, 504)
+_GENERATION_ERRORS = (400, 401, 404, 408, 413, 429, 503, 504)
 
 
-def _generation(summary: str, request: str, response: str) -> dict[str, Any]:
+def _generation(summary: str, request: str, response: str, chunk: str) -> dict[str, Any]:
     return {
         "post": {
             "summary": summary,
@@ -299,11 +262,11 @@ def _generation(summary: str, request: str, response: str) -> dict[str, Any]:
             },
             "responses": {
                 "200": {
-                    "description": "the completion (JSON), or SSE chunks when stream is true; "
+                    "description": "the completion (JSON), or SSE events when stream is true; "
                     'an error after the stream started is one `data: {"error": ...}` event',
                     "content": {
                         _JSON: {"schema": _ref(response)},
-                        _SSE: {"schema": {"type": "string"}},
+                        _SSE: {"schema": _sse_event(chunk)},
                     },
                 },
                 **_errors(*_GENERATION_ERRORS),
@@ -320,9 +283,34 @@ def _get(
     return {"get": operation}
 
 
+_REASONS = {
+    400: "invalid request; `code` names the problem (e.g. context_length_exceeded)",
+    401: "missing or wrong API key",
+    403: "client address outside the operator allow-list",
+    404: "a model never configured (or removed), or an unknown URL",
+    408: "the request body did not arrive in time",
+    413: "request body too large",
+    429: "queue full",
+    500: "internal error",
+    503: "the route is known but does not serve now (its state is named); retry after",
+    504: "deadline exceeded",
+}
+
+
+def _error_response(status: int) -> dict[str, Any]:
+    response = _json_body(_ref("Error"), _REASONS[status])
+    if status == 503:
+        response["headers"] = {
+            "Retry-After": {
+                "description": "seconds until the route is expected to serve again",
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            }
+        }
+    return response
+
+
 @functools.cache
-def _document() -> dict[str, Any]:
-    statuses = (400, 401, 403, 404, 413, 429, 500, 503, 504)
+def _document(limits: Limits) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
@@ -333,13 +321,13 @@ def _document() -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": {
             "/v1/chat/completions": _generation(
-                "Chat completion", "ChatCompletionRequest", "ChatCompletion"
+                "Chat completion", "ChatCompletionRequest", "ChatCompletion", "ChatCompletionChunk"
             ),
             "/v1/completions": _generation(
-                "Legacy text completion", "CompletionRequest", "Completion"
+                "Legacy text completion", "CompletionRequest", "Completion", "CompletionChunk"
             ),
             "/v1/models": _get(
-                "The served routes, as OpenAI models",
+                "The configured routes, as OpenAI models (each with its state)",
                 _json_body(
                     {
                         "type": "object",
@@ -399,10 +387,12 @@ def _document() -> dict[str, Any]:
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
-                "ChatCompletionRequest": _CHAT_REQUEST,
-                "CompletionRequest": _COMPLETION_REQUEST,
+                "ChatCompletionRequest": chat_request(limits),
+                "CompletionRequest": completion_request(limits),
                 "ChatCompletion": _CHAT_RESPONSE,
+                "ChatCompletionChunk": _CHAT_CHUNK,
                 "Completion": _COMPLETION_RESPONSE,
+                "CompletionChunk": _COMPLETION_CHUNK,
                 "Model": _MODEL,
                 "Status": _STATUS,
                 "Ready": {
@@ -415,30 +405,19 @@ def _document() -> dict[str, Any]:
                 },
                 "Error": _ERROR,
             },
-            "responses": {f"E{s}": _json_body(_ref("Error"), _errors_reason(s)) for s in statuses},
+            "responses": {f"E{s}": _error_response(s) for s in _REASONS},
         },
     }
 
 
-def _errors_reason(status: int) -> str:
-    return {
-        400: "invalid request; `code` names the problem (e.g. context_length_exceeded)",
-        401: "missing or wrong API key",
-        403: "client address outside the operator allow-list",
-        404: "unknown model or URL",
-        413: "request body too large",
-        429: "queue full",
-        500: "internal error",
-        503: "not available",
-        504: "deadline exceeded",
-    }[status]
-
-
-def openapi_document() -> dict[str, Any]:
-    """A fresh copy of the gateway's OpenAPI 3.1 description."""
-    return copy.deepcopy(_document())
+def openapi_document(limits: Limits | None = None) -> dict[str, Any]:
+    """A fresh copy of the OpenAPI 3.1 description of a gateway with ``limits`` (default: the
+    parser's defaults)."""
+    return copy.deepcopy(_document(limits or Limits()))
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    """``GET /openapi.json``."""
-    return web.json_response(_document())
+    """``GET /openapi.json``: the description, with the serving gateway's own limits."""
+    from tightwad.gateway.api import gateway_limits  # api registers this handler
+
+    return web.json_response(_document(gateway_limits(request)))
