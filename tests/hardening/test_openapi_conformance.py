@@ -40,7 +40,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MODEL = "qwen2.5-coder-0.5b"
 CTX = 4096
 MAX_TOKENS_CAP = 8  # every generation stays short: each case is a real inference
-MAX_EXAMPLES = int(os.environ.get("TIGHTWAD_ST_MAX_EXAMPLES", "40"))
+MAX_EXAMPLES = int(os.environ.get("TIGHTWAD_ST_MAX_EXAMPLES", "60"))
 SEED = int(os.environ.get("TIGHTWAD_ST_SEED", "20261203"))
 HERE = Path(__file__).resolve().parent
 
