@@ -87,3 +87,67 @@ async def test_four_concurrent_sessions_decode_as_each_alone(
     assert stats is not None and stats.steps >= sum(len(r) for r, _ in solo) * 0.8
     assert stats.decodes < stats.steps * 0.6
     assert engine.live_sessions == 0
+
+
+async def test_batching_is_the_default_and_a_failing_session_leaves_its_batch_mates(
+    smollm_path: Path,
+) -> None:
+    """Mid-batch, one session's caller is cancelled and another is released while its step
+    waits: the others still decode as alone, nothing leaks, and a session opened afterwards
+    on the same engine decodes as alone too."""
+    cfg = EngineConfig("m", smollm_path, ctx_size=512, max_sessions=4, gpu_layers=0)
+    assert cfg.batch_steps
+    solo_engine = await Engine.load(cfg, batch_steps=False)
+    try:
+        solo = [await _run(solo_engine, t) for t in PROMPTS[:2]]
+        after_ref = await _run(solo_engine, PROMPTS[2])
+    finally:
+        await solo_engine.close()
+    engine = await Engine.load(cfg)
+    try:
+        assert engine.batch_stats is not None
+        running = asyncio.Event()
+
+        async def doomed() -> None:
+            steps = 0
+            prompt = await engine.tokenize(PROMPTS[3], add_special=True, parse_special=False)
+            s, _, _ = await engine.open_session(prompt, SamplingConfig())
+            try:
+                async for _tok in s.generate(10_000, ignore_eos=True):
+                    steps += 1
+                    if steps == 5:
+                        running.set()
+            finally:
+                s.release()
+
+        async def released() -> str:
+            prompt = await engine.tokenize(PROMPTS[2], add_special=True, parse_special=False)
+            s, _, _ = await engine.open_session(prompt, SamplingConfig())
+            for _ in range(3):
+                await s.verify([])
+            pending = asyncio.ensure_future(s.verify([]))
+            await asyncio.sleep(0)  # the step is queued in the batcher
+            s.release()
+            try:
+                await pending
+            except Exception as exc:  # refused: the session was closed
+                return type(exc).__name__
+            return "ran"
+
+        victim = asyncio.ensure_future(doomed())
+        together = asyncio.gather(*(_run(engine, t) for t in PROMPTS[:2]), released())
+        await running.wait()
+        victim.cancel()
+        *outs, fate = await together
+        with pytest.raises(asyncio.CancelledError):
+            await victim
+        assert fate in ("ran", "InvalidRequestError")
+        for (ref, gaps), (got, _) in zip(solo, outs, strict=True):
+            assert_equal_or_near_tie(ref, got, gaps, what="batch mate of a failed session")
+        await asyncio.sleep(0.1)  # releases finish on the compute thread
+        assert engine.live_sessions == 0
+        after, _ = await _run(engine, PROMPTS[2])
+        assert after == after_ref[0]
+        assert engine.batch_stats.decodes < engine.batch_stats.steps
+    finally:
+        await engine.close()

@@ -42,6 +42,11 @@ class EngineConfig:
     # prefix is reused only up to such a boundary: with flash attention the KV cache, and so
     # every logit, is then bit-identical whether or not a prefix came from the cache.
     prefill_chunk: int = 64
+    # Run the pending work of all sessions (plain steps, verifies, prefill chunks, draft
+    # steps) as one forward pass per step (tightwad.engine.step_batcher). Lossless as batched
+    # verification is: a session alone decodes exactly as unbatched; batch mates change only
+    # the last bits (greedy output equal to solo or first different at a near-tie).
+    batch_steps: bool = True
     offload: OffloadPlan | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:

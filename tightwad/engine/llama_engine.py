@@ -33,7 +33,7 @@ from tightwad.engine.contract import DraftStep, EngineInfo, Message, TokenLogpro
 from tightwad.engine.engine_config import EngineConfig
 from tightwad.engine.session import Session, SessionGrammar, Slot, lcp
 from tightwad.engine.session_rules import check_open, check_tokens
-from tightwad.engine.step_batcher import BatchStats, StepBatcher
+from tightwad.engine.step_batcher import MORE, WAIT, BatchStats, FnJob, Job, StepBatcher
 from tightwad.errors import (
     InvalidRequestError,
     ModelLoadError,
@@ -127,7 +127,7 @@ class Engine:
         batch_steps: bool = False,
     ):
         self.cfg = cfg
-        self._batcher = StepBatcher(model, executor) if batch_steps else None
+        self._batcher = StepBatcher(model, executor, name=cfg.model_id) if batch_steps else None
         self._m = model
         self._exec = executor
         n_slots = cfg.max_sessions + cfg.cache_slots
@@ -163,10 +163,10 @@ class Engine:
         *,
         batch_steps: bool | None = None,
     ) -> Engine:
-        """Load ``cfg``'s model. ``batch_steps`` (default: the config's ``batch_steps`` when it
-        has one, else off) runs the pending steps of all sessions as one forward pass
+        """Load ``cfg``'s model. ``batch_steps`` (default: the config's ``batch_steps``, on)
+        runs the pending work of all sessions as one forward pass per step
         (:mod:`tightwad.engine.step_batcher`)."""
-        batching = bool(getattr(cfg, "batch_steps", False)) if batch_steps is None else batch_steps
+        batching = cfg.batch_steps if batch_steps is None else batch_steps
         shared = cfg.gpu_layers == 0 and not cfg.devices
         executor = (
             _cpu_executor()
@@ -203,20 +203,48 @@ class Engine:
         if self._closed:
             return
         self._closed = True
-        await asyncio.get_running_loop().run_in_executor(self._exec, self._m.close)
+        batcher = self._batcher
+
+        def close() -> None:
+            if batcher is not None:
+                batcher.close()
+            self._m.close()
+
+        await asyncio.get_running_loop().run_in_executor(self._exec, close)
         if self._exec is not _cpu_thread:
             self._exec.shutdown(wait=True)
 
     def step(
         self, session: Session, draft: list[int], q: Sequence[SparseDist] | None
     ) -> asyncio.Future[VerifyResult]:
-        """Queue one Verify step of ``session`` (batched with other sessions' pending steps
+        """Queue one Verify step of ``session`` (batched with other sessions' pending work
         when step batching is on); the future resolves on the event loop."""
+        return self.job(session.verify_job(draft, q))
+
+    def job(self, job: Job) -> asyncio.Future[Any]:
+        """Queue a session's batch job: into the batcher, or alone on the compute thread."""
         if self._batcher is not None:
-            return self._batcher.submit(session, draft, q)
-        return asyncio.get_running_loop().run_in_executor(
-            self._exec, lambda: session.verify_sync(draft, q)
-        )
+            return self._batcher.submit(job)
+        return asyncio.get_running_loop().run_in_executor(self._exec, lambda: self._alone(job))
+
+    def call(self, session: Session, fn: Callable[[], T], *, closed_ok: bool = False) -> Any:
+        """Run a command of ``session`` that decodes nothing on the compute thread, in order
+        with the session's batch jobs; returns an asyncio future."""
+        if self._batcher is not None:
+            return self._batcher.submit(FnJob.call(session, fn, closed_ok=closed_ok))
+        return asyncio.get_running_loop().run_in_executor(self._exec, fn)
+
+    def _alone(self, job: Job) -> Any:
+        t0 = time.perf_counter()
+        while True:
+            part = job.prepare()
+            if part is WAIT:  # FIFO: a prefill's source is always complete by now
+                raise RuntimeError("a batch job waits with step batching off")
+            if part is not None:
+                self._m.decode(*part)
+            res = job.finish(0, t0)
+            if res is not MORE:
+                return res
 
     @property
     def batch_stats(self) -> BatchStats | None:
@@ -378,8 +406,9 @@ class Engine:
         slot, src, reuse = self._choose_slot(prompt)
         slot.live = True
         self._live += 1
-        # What the slot will hold once its queued prefill has run (the worker is FIFO), so a
-        # session opened right after may copy this prefix safely.
+        # What the slot will hold once its queued prefill has run, so a session opened right
+        # after may copy this prefix (its prefill waits until ``prefill_at`` reaches it).
+        slot.prefill_at = 0  # before kv_tokens: the compute thread reads them in that order
         slot.kv_tokens = list(prompt[:-1])
         slot.exact = (len(prompt) - 1) // self.cfg.prefill_chunk * self.cfg.prefill_chunk
         session = Session(
@@ -394,9 +423,10 @@ class Engine:
         )
         t0 = time.perf_counter()
         try:
-            await self.run(lambda: session.prefill_sync(src, reuse))
+            if self._closed:
+                raise UnavailableError(f"engine {self.cfg.model_id} is closed")
+            await self.job(session.prefill_job(src, reuse))
         except BaseException:
-            session.n_kv = 0
             session.release()
             raise
         return session, reuse, (time.perf_counter() - t0) * 1000.0
@@ -439,6 +469,20 @@ class Engine:
         empty = [s for s in idle if not s.kv_tokens]
         slot = empty[0] if empty else min(idle, key=lambda s: s.last_used)
         return slot, best, best_len
+
+    async def kv_report(self) -> list[tuple[int, int, int]]:
+        """For each idle sequence: (seq_id, tokens its slot records as cached, positions the
+        KV cache holds for it); the two are equal unless a sequence leaked cells."""
+
+        def read() -> list[tuple[int, int, int]]:
+            m = self._m
+            return [
+                (s.seq_id, len(s.kv_tokens), m.seq_pos_max(s.seq_id) + 1)
+                for s in self._slots
+                if not s.live
+            ]
+
+        return await self.run(read)
 
     def release_slot(self, slot: Slot) -> None:
         if slot.live:

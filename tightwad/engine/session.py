@@ -10,7 +10,11 @@ Guarantees:
   a draft is cut at its first token the grammar forbids (and before an end-of-generation
   token, which only ever comes as the emitted token), and the grammar state follows the
   token list through rejections, rewinds and draft alignments.
-- Every llama.cpp call runs on the engine's compute thread (the ``*_sync`` methods).
+- Every llama.cpp call runs on the engine's compute thread: the ``*_sync`` methods and the
+  batch jobs (``*_job``: what to decode, then what to make of its rows), which the engine runs
+  alone or in one forward pass with other sessions' jobs (:mod:`tightwad.engine.step_batcher`).
+- A prefill keeps ``n_kv`` true chunk by chunk, so a session released mid-prefill leaves a
+  truthful cached prefix.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from tightwad.engine.contract import (
     VerifyResult,
 )
 from tightwad.engine.grammar import GrammarMatcher
+from tightwad.engine.step_batcher import MORE, WAIT, FnJob, Part
 from tightwad.errors import UnavailableError
 from tightwad.spec.acceptance import Outcome, verify
 from tightwad.spec.sampling import SamplingConfig, SparseDist, sample, target_distribution
@@ -56,6 +61,9 @@ class Slot:
     # Leading positions whose KV came from aligned prefill chunks (exactly reusable).
     exact: int = 0
     last_used: float = 0.0
+    # While a prefill into this slot runs (batched, it spans steps): the positions really in
+    # the cache so far (``kv_tokens`` then says what they will be). None otherwise.
+    prefill_at: int | None = None
 
 
 def lcp(a: Sequence[int], b: Sequence[int]) -> int:
@@ -64,6 +72,12 @@ def lcp(a: Sequence[int], b: Sequence[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+def _retrieve(f: asyncio.Future[Any]) -> None:
+    """Mark a fire-and-forget future's outcome as seen (no "never retrieved" warning)."""
+    if not f.cancelled():
+        f.exception()
 
 
 def _log_softmax(logits: NDArray[np.float32]) -> NDArray[np.float64]:
@@ -146,9 +160,46 @@ class Session:
             and sampling.frequency_penalty == 0.0
         )
 
-    # Runs on the compute thread.
-    def prefill_sync(self, src: Slot | None, reuse: int) -> None:
+    # -- prefill (on the compute thread) -------------------------------------------------
+
+    def prefill_job(self, src: Slot | None, reuse: int) -> FnJob:
+        """The prompt's prefill as a batch job: first the cached prefix (``reuse`` tokens of
+        ``src``, once they are really there), then one aligned chunk per decode."""
+        started = False
+
+        def width() -> int:
+            part = self._prefill_part() if started else None
+            return len(part[1]) if part is not None else self._e.cfg.prefill_chunk
+
+        def prepare() -> Part | None:
+            nonlocal started
+            if not started:
+                if not self._prefill_start(src, reuse):
+                    return WAIT
+                started = True
+            return self._prefill_part()
+
+        def finish(_offset: int, _t0: float) -> Any:
+            part = self._prefill_part()  # the chunk just decoded (None: nothing was)
+            if part is not None:
+                self.n_kv += len(part[1])
+                self._slot.prefill_at = self.n_kv
+            if self._prefill_part() is not None:
+                return MORE
+            self._slot.kv_tokens = self.tokens[: self.n_kv]
+            self._slot.prefill_at = None
+            return None
+
+        return FnJob(self, width, prepare, finish, fill=True)
+
+    def _prefill_start(self, src: Slot | None, reuse: int) -> bool:
+        """Bring in the cached prefix; False while ``src``'s own prefill has not reached it."""
         m = self._m
+        if src is not None and src is not self._slot:
+            if src.prefill_at is not None and src.prefill_at < reuse:
+                return False
+            if lcp(src.kv_tokens, self.tokens) < reuse:  # the source changed since
+                src = None
         if src is not None and src is not self._slot:
             m.seq_rm(self.seq, -1, -1)
             m.seq_cp(src.seq_id, self.seq, 0, reuse)
@@ -156,15 +207,19 @@ class Session:
             m.seq_rm(self.seq, -1, -1)
             reuse = 0
         m.seq_rm(self.seq, reuse, -1)
+        self.n_kv = reuse
+        self._slot.prefill_at = reuse
+        return True
+
+    def _prefill_part(self) -> Part | None:
+        """The next aligned chunk of the prompt still to decode (None when done)."""
         end = len(self.tokens) - 1
+        pos = self.n_kv
+        if pos >= end:
+            return None
         chunk = self._e.cfg.prefill_chunk
-        pos = reuse
-        while pos < end:
-            stop = min(end, (pos // chunk + 1) * chunk)
-            m.decode(self.seq, self.tokens[pos:stop], pos, outputs=())
-            pos = stop
-        self.n_kv = end
-        self._slot.kv_tokens = self.tokens[: self.n_kv]
+        stop = min(end, (pos // chunk + 1) * chunk)
+        return self.seq, self.tokens[pos:stop], pos, ()
 
     def release(self) -> None:
         """Free the sequence (its KV stays as a cached prefix). Idempotent.
@@ -175,22 +230,26 @@ class Session:
             return
         self.closed = True
         try:
-            loop = asyncio.get_running_loop()
-            fut = self._e.submit(lambda: self.tokens[: self.n_kv])
-        except RuntimeError:  # no loop, or the engine's executor is already shut down
-            self._finish_release(self.tokens[: self.n_kv])
+            fut = self._e.call(self, self._keep_prefix, closed_ok=True)
+        except (RuntimeError, UnavailableError):  # no loop, or the engine is shut down
+            self._keep_prefix()
+            self._e.release_slot(self._slot)
             return
 
-        def done(f: Any) -> None:
-            kv = f.result() if not f.cancelled() and f.exception() is None else []
-            loop.call_soon_threadsafe(self._finish_release, kv)
+        def done(f: asyncio.Future[None]) -> None:
+            if f.cancelled() or f.exception() is not None:
+                self._slot.kv_tokens = []
+            self._e.release_slot(self._slot)
 
         fut.add_done_callback(done)
 
-    def _finish_release(self, kv_tokens: list[int]) -> None:
-        self._slot.kv_tokens = kv_tokens
-        self._slot.exact = min(self._slot.exact, len(kv_tokens))
-        self._e.release_slot(self._slot)
+    def _keep_prefix(self) -> None:
+        """Say what the slot's cache holds now (on the compute thread, after this session's
+        last command): its cells stay as a cached prefix for later sessions."""
+        slot = self._slot
+        slot.kv_tokens = self.tokens[: self.n_kv]
+        slot.exact = min(slot.exact, self.n_kv)
+        slot.prefill_at = None
 
     @property
     def room(self) -> int:
@@ -229,11 +288,19 @@ class Session:
             raise UnavailableError(f"engine {self._e.cfg.model_id} is closed")
         return await self._e.step(self, cut, cut_q)
 
-    def verify_sync(self, draft: list[int], q: Sequence[SparseDist] | None) -> VerifyResult:
-        t0 = time.perf_counter()
-        draft, q = self.verify_prepare(draft, q)
-        self._m.decode(*self.verify_part(draft))
-        return self.verify_finish(draft, q, 0, t0)
+    def verify_job(self, draft: list[int], q: Sequence[SparseDist] | None) -> FnJob:
+        """This Verify as a batch job: ``[pending, *draft]`` decoded, a prefix accepted."""
+        cut: tuple[list[int], Sequence[SparseDist] | None] = (draft, q)
+
+        def prepare() -> Part:
+            nonlocal cut
+            cut = self.verify_prepare(draft, q)
+            return self.verify_part(cut[0])
+
+        def finish(offset: int, t0: float) -> VerifyResult:
+            return self.verify_finish(cut[0], cut[1], offset, t0)
+
+        return FnJob(self, lambda: len(draft) + 1, prepare, finish)
 
     def verify_prepare(
         self, draft: list[int], q: Sequence[SparseDist] | None
@@ -353,22 +420,26 @@ class Session:
                     return
                 last = i == n - 1
                 if not last and self.room > 0:
-                    ahead, ahead_len = step(), len(self.tokens) + 1
+                    # The length before queueing: the compute thread may run the step at once.
+                    ahead_len = len(self.tokens) + 1
+                    ahead = step()
                 done = last
                 yield res.next_token, lp, GenerateStop.LENGTH if last else None
         finally:
             if ahead is not None and not done:
                 # The caller will not take the queued step: undo it on the same thread, after it.
-                ahead.add_done_callback(lambda f: f.cancelled() or f.exception())
-                with contextlib.suppress(RuntimeError):  # the engine's thread is gone
-                    self._e.submit(lambda: self._undo_step(ahead_len))
+                ahead.add_done_callback(_retrieve)
+                with contextlib.suppress(RuntimeError, UnavailableError):  # engine gone
+                    self._e.call(self, lambda: self._undo_step(ahead_len)).add_done_callback(
+                        _retrieve
+                    )
 
     async def forced(self) -> tuple[int, ...]:
         """The tokens the grammar forces next (empty without a grammar or when complete)."""
         g = self._g
         if g is None:
             return ()
-        return await self._e.run(lambda: () if g.m.is_stopped else tuple(g.m.forced()))
+        return await self._e.call(self, lambda: () if g.m.is_stopped else tuple(g.m.forced()))
 
     def _undo_step(self, expected: int) -> None:
         """Drop the last plain step (if the session grew to ``expected`` tokens with it)."""
@@ -390,7 +461,7 @@ class Session:
     async def rewind(self, keep: int) -> int:
         rules.check_live(self.closed)
         rules.check_rewind(keep, len(self.tokens))
-        return await self._e.run(lambda: self._truncate_sync(keep))
+        return await self._e.call(self, lambda: self._truncate_sync(keep))
 
     # -- draft --------------------------------------------------------------------------
 
@@ -410,10 +481,11 @@ class Session:
         new = rules.draft_alignment(self.tokens, keep, append, n_vocab=self._m.n_vocab)
         room = self._e.cfg.ctx_size - len(new)
         k = max(0, min(k, room))
-        row = await self._e.run(lambda: self._sync_sync(new, want_row=k > 0))
+        row = await self._e.job(self._sync_job(new, want_row=k > 0))
         for i in range(k):
-            step = await self._e.run(
-                lambda r=row: self._draft_pick(r, min_confidence, top_m)  # type: ignore[misc]
+            step = await self._e.call(
+                self,
+                lambda r=row: self._draft_pick(r, min_confidence, top_m),  # type: ignore[misc]
             )
             if step is None:
                 yield DraftEnd(DraftStop.LOW_CONFIDENCE)
@@ -423,30 +495,49 @@ class Session:
                 yield DraftEnd(DraftStop.EOG)
                 return
             if i < k - 1:
-                row = await self._e.run(self._advance_sync)
+                row = await self._e.job(self._advance_job())
         yield DraftEnd(DraftStop.CONTEXT_FULL if k == 0 and room <= 0 else DraftStop.LENGTH)
 
-    def _sync_sync(self, new: list[int], *, want_row: bool) -> NDArray[np.float32] | None:
-        m = self._m
-        valid = min(lcp(self.tokens, new), self.n_kv, len(new) - 1)
-        m.seq_rm(self.seq, valid, -1)
-        self._slot.kv_tokens = self._slot.kv_tokens[:valid]
-        self._slot.exact = min(self._slot.exact, valid)
-        self.prompt_len = min(self.prompt_len, lcp(self.tokens, new))
-        self.tokens = new
-        self._follow_grammar()
-        tail = new[valid:] if want_row else new[valid:-1]
-        if tail:
-            outputs = (len(tail) - 1,) if want_row else ()
-            m.decode(self.seq, tail, valid, outputs=outputs)
-        self.n_kv = valid + len(tail)
-        return m.logits_row(len(tail) - 1) if want_row else None
+    def _sync_job(self, new: list[int], *, want_row: bool) -> FnJob:
+        """Align to ``new`` (keep the common cached prefix, decode the rest); the result is
+        the last row's logits when ``want_row``."""
+        tail: list[int] = []
 
-    def _advance_sync(self) -> NDArray[np.float32]:
-        m = self._m
-        m.decode(self.seq, [self.tokens[-1]], self.n_kv, outputs=(0,))
-        self.n_kv += 1
-        return m.logits_row(0)
+        def width() -> int:
+            return max(1, len(new) - min(lcp(self.tokens, new), self.n_kv, len(new) - 1))
+
+        def prepare() -> Part | None:
+            nonlocal tail
+            valid = min(lcp(self.tokens, new), self.n_kv, len(new) - 1)
+            self._m.seq_rm(self.seq, valid, -1)
+            self._slot.kv_tokens = self._slot.kv_tokens[:valid]
+            self._slot.exact = min(self._slot.exact, valid)
+            self.prompt_len = min(self.prompt_len, lcp(self.tokens, new))
+            self.tokens = new
+            self.n_kv = valid
+            self._follow_grammar()
+            tail = new[valid:] if want_row else new[valid:-1]
+            if not tail:
+                return None
+            return self.seq, tail, valid, (len(tail) - 1,) if want_row else ()
+
+        def finish(offset: int, _t0: float) -> NDArray[np.float32] | None:
+            self.n_kv += len(tail)
+            return self._m.logits_row(offset + len(tail) - 1) if want_row else None
+
+        return FnJob(self, width, prepare, finish)
+
+    def _advance_job(self) -> FnJob:
+        """Decode the token just drafted; the result is its row's logits."""
+
+        def prepare() -> Part:
+            return self.seq, [self.tokens[-1]], self.n_kv, (0,)
+
+        def finish(offset: int, _t0: float) -> NDArray[np.float32]:
+            self.n_kv += 1
+            return self._m.logits_row(offset)
+
+        return FnJob(self, lambda: 1, prepare, finish)
 
     def _draft_pick(
         self, logits: NDArray[np.float32] | None, min_confidence: float, top_m: int
