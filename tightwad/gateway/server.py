@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from tightwad.config import ClusterConfig
 from tightwad.gateway.api import GATEWAY, GatewaySettings, create_app
+from tightwad.gateway.dashboard import Dashboard, DashboardSettings, add_routes
 from tightwad.gateway.engine_client import EngineClient
 from tightwad.gateway.faults import fault_middleware
 from tightwad.gateway.loop import RouteSpec, SpecBackend
@@ -73,6 +74,9 @@ class GatewayServer:
     route table (``put``/``remove``) changes under the running app; ``specs`` stay static.
 
     ``limits``: routes with their own concurrency / queue limits (the rest get the settings').
+
+    ``dashboard``: the web page on ``GET /`` (:mod:`tightwad.gateway.dashboard`), showing the
+    cluster of ``controller`` too; None: its defaults.
     """
 
     specs: Sequence[RouteSpec]
@@ -88,6 +92,7 @@ class GatewayServer:
     # started with the rest, closed by whoever built them (BuiltRoutes.close).
     passthrough: Mapping[str, Any] = field(default_factory=dict)
     limits: Mapping[str, RouteLimits] = field(default_factory=dict)
+    dashboard: DashboardSettings | None = None
 
     def __post_init__(self) -> None:
         self._static: dict[str, Any] = {s.name: SpecBackend(s) for s in self.specs}
@@ -99,6 +104,7 @@ class GatewayServer:
         self.watcher: ControllerRoutes | None = None
         self._watching: asyncio.Task[None] | None = None
         self.bound_port = 0
+        self.page: Dashboard | None = None
 
     # -- the route table (RouteTable) ----------------------------------------------------
 
@@ -168,6 +174,12 @@ class GatewayServer:
         """The API app over the live route table; sub-apps and extra routes go here."""
         app = create_app(self.backends, self.settings)
         app.middlewares.append(fault_middleware(self.backends))  # innermost: 503 Retry-After
+        page = self.dashboard or DashboardSettings()
+        if page.controller is None and self.controller:
+            page = replace(
+                page, controller=self.controller, token=self.token, credentials=self.credentials
+            )
+        self.page = add_routes(app, page)
         return app
 
     @property
