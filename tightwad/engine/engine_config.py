@@ -46,7 +46,10 @@ class EngineConfig:
     # steps) as one forward pass per step (tightwad.engine.step_batcher). Lossless as batched
     # verification is: a session alone decodes exactly as unbatched; batch mates change only
     # the last bits (greedy output equal to solo or first different at a near-tie).
-    batch_steps: bool = True
+    # Off by default for now: n=2 greedy choices of one prompt (two sessions prefilling the
+    # same prompt in one batch) diverged from the solo answer at the first token
+    # (tests/gateway/test_api_choices_real.py); on again once that is found and fixed.
+    batch_steps: bool = False
     offload: OffloadPlan | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
