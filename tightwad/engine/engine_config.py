@@ -50,6 +50,9 @@ class EngineConfig:
     # same prompt in one batch) diverged from the solo answer at the first token
     # (tests/gateway/test_api_choices_real.py); on again once that is found and fixed.
     batch_steps: bool = False
+    # An Open that finds all ``max_sessions`` taken waits this long for one to free (as
+    # llama-server queues requests for its slots), then is refused as overloaded (429).
+    open_wait_s: float = 10.0
     offload: OffloadPlan | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -10,7 +10,10 @@ Guarantees:
 - Sessions (:mod:`tightwad.engine.session`) keep the session protocol; this module owns the
   model, the slots (KV sequences) and the prefix cache.
 - Closing a session returns its slot; its KV cells stay as a cached prefix (LRU) that a later
-  session with a common prompt prefix reuses (``seq_cp``) instead of recomputing.
+  session with a common prompt prefix reuses (``seq_cp``) instead of recomputing; when the
+  cache is full, the oldest such prefix is dropped for the live sessions.
+- When every session is taken, an Open waits up to ``open_wait_s`` for one to free, then is
+  refused with :class:`~tightwad.errors.OverloadedError` (429, "busy ... retry later").
 - A session opened with a grammar gets a matcher over the engine's own vocabulary; the
   grammar tokenizer is built once, on the first constrained session, on the compute thread.
 """
@@ -18,6 +21,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -127,7 +131,11 @@ class Engine:
         batch_steps: bool = False,
     ):
         self.cfg = cfg
-        self._batcher = StepBatcher(model, executor, name=cfg.model_id) if batch_steps else None
+        self._batcher = (
+            StepBatcher(model, executor, name=cfg.model_id, make_room=self._make_room)
+            if batch_steps
+            else None
+        )
         self._m = model
         self._exec = executor
         n_slots = cfg.max_sessions + cfg.cache_slots
@@ -150,6 +158,7 @@ class Engine:
             else None
         )
         self._closed = False
+        self._freed = asyncio.Event()  # set when a session's slot comes back
         self._grammar_tok: GrammarTokenizer | None = None
         self._grammar_lock = asyncio.Lock()
 
@@ -203,6 +212,7 @@ class Engine:
         if self._closed:
             return
         self._closed = True
+        self._freed.set()  # Opens waiting for a session give up
         batcher = self._batcher
 
         def close() -> None:
@@ -241,7 +251,13 @@ class Engine:
             if part is WAIT:  # FIFO: a prefill's source is always complete by now
                 raise RuntimeError("a batch job waits with step batching off")
             if part is not None:
-                self._m.decode(*part)
+                while True:
+                    try:
+                        self._m.decode(*part)
+                        break
+                    except OverloadedError:
+                        if not self._make_room():
+                            raise
             res = job.finish(0, t0)
             if res is not MORE:
                 return res
@@ -403,6 +419,9 @@ class Engine:
                 return tok.matcher(spec)
 
             grammar_state = await self.run(lambda: SessionGrammar(matcher, self._m.eog))
+        await self._wait_for_room()
+        if self._closed:
+            raise UnavailableError(f"engine {self.cfg.model_id} is closed")
         slot, src, reuse = self._choose_slot(prompt)
         slot.live = True
         self._live += 1
@@ -446,6 +465,19 @@ class Engine:
                 )
             return self._grammar_tok
 
+    async def _wait_for_room(self) -> None:
+        """Wait up to ``open_wait_s`` while every session is taken (the caller then gets the
+        overloaded error of :meth:`_choose_slot`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.open_wait_s
+        while self._live >= self.cfg.max_sessions and not self._closed:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            self._freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._freed.wait(), left)
+
     def _choose_slot(self, prompt: Sequence[int]) -> tuple[Slot, Slot | None, int]:
         """Pick a slot for a new session and the best prefix source (slot, reuse length)."""
         limit = len(prompt) - 1
@@ -460,8 +492,9 @@ class Engine:
             best, best_len = None, 0
         if self._live >= self.cfg.max_sessions:
             raise OverloadedError(
-                f"engine {self.cfg.model_id} has {self._live} live sessions (max "
-                f"{self.cfg.max_sessions}); retry later"
+                f"engine {self.cfg.model_id} is busy: {self._live} live sessions (max "
+                f"{self.cfg.max_sessions}) and none freed within {self.cfg.open_wait_s:g} s; "
+                "retry later"
             )
         if best is not None and not best.live:
             return best, best, best_len
@@ -469,6 +502,19 @@ class Engine:
         empty = [s for s in idle if not s.kv_tokens]
         slot = empty[0] if empty else min(idle, key=lambda s: s.last_used)
         return slot, best, best_len
+
+    def _make_room(self) -> bool:
+        """On the compute thread, when the KV cache is full: drop the cached prefix of the
+        least recently used idle sequence (its cells go unless a live sequence shares them).
+        False when no idle sequence holds any."""
+        idle = [s for s in self._slots if not s.live and s.kv_tokens and s.prefill_at is None]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda s: s.last_used)
+        self._m.seq_rm(victim.seq_id, -1, -1)
+        victim.kv_tokens, victim.exact = [], 0
+        log.info("kv_cache_full_prefix_dropped", model=self.cfg.model_id, seq=victim.seq_id)
+        return True
 
     async def kv_report(self) -> list[tuple[int, int, int]]:
         """For each idle sequence: (seq_id, tokens its slot records as cached, positions the
@@ -489,3 +535,4 @@ class Engine:
             slot.live = False
             slot.last_used = time.monotonic()
             self._live -= 1
+            self._freed.set()

@@ -25,6 +25,8 @@ Guarantees:
 - A session's jobs run in the order it queued them, one per decode: its commands that decode
   nothing (rewind, the undo of an abandoned step, the release) are jobs too
   (:meth:`FnJob.call`), so nothing of a session overtakes its queued step.
+- A decode that finds the KV cache full drops cached prefixes of idle sequences, oldest first
+  (``make_room``), and retries: cached prefixes never crowd out live sessions.
 - A job of a closed session is refused; a failed multi-session decode is retried part by part,
   so a decode error fails only the jobs whose own part fails; a job's own error fails only it.
 - Alone, a session decodes exactly as unbatched (the same ``decode`` calls). Batch mates change
@@ -43,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tightwad.engine import session_rules as rules
-from tightwad.errors import UnavailableError
+from tightwad.errors import OverloadedError, UnavailableError
 
 if TYPE_CHECKING:
     from tightwad.engine.binding import LlamaModel
@@ -177,9 +179,16 @@ def _done(job: Job, result: Any) -> None:
 
 class StepBatcher:
     def __init__(
-        self, model: LlamaModel, executor: Executor, *, name: str = "", step_wait_s: float = 0.005
+        self,
+        model: LlamaModel,
+        executor: Executor,
+        *,
+        name: str = "",
+        step_wait_s: float = 0.005,
+        make_room: Callable[[], bool] | None = None,
     ) -> None:
         self._m = model
+        self._make_room = make_room
         self._exec = executor
         self._name = name
         self._step_wait_s = step_wait_s
@@ -299,7 +308,7 @@ class StepBatcher:
         if len(ready) == 1:
             job, part = ready[0]
             try:
-                self._m.decode(*part)  # may exceed one batch: decode chunks it
+                self.decode(part)  # may exceed one batch: decode chunks it
             except Exception as exc:
                 _fail(job, exc)
             else:
@@ -308,13 +317,13 @@ class StepBatcher:
             return stay, True
         parts = [p for _j, p in ready]
         try:
-            self._m.decode_many(parts)
+            self._with_room(lambda: self._m.decode_many(parts))
         except Exception:
             # Find whose part fails: trim what the failed decode may have left, decode alone.
             for job, part in ready:
                 try:
                     self._m.seq_rm(part[0], part[2], -1)
-                    self._m.decode(*part)
+                    self.decode(part)
                 except Exception as exc:
                     _fail(job, exc)
                 else:
@@ -327,6 +336,19 @@ class StepBatcher:
             self._finish(job, offset, t0, stay)
             offset += len(part[1])
         return stay, True
+
+    def decode(self, part: Part) -> None:
+        """Decode one part alone, making room in the KV cache when it is full."""
+        self._with_room(lambda: self._m.decode(*part))
+
+    def _with_room(self, fn: Callable[[], None]) -> None:
+        while True:
+            try:
+                fn()
+                return
+            except OverloadedError:  # the KV cache is full: drop a cached prefix, retry
+                if self._make_room is None or not self._make_room():
+                    raise
 
     def _finish(self, job: Job, offset: int, t0: float, stay: list[Job]) -> None:
         try:
