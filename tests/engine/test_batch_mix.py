@@ -75,7 +75,9 @@ async def _run(
 
 
 async def test_sixteen_sessions_of_every_kind_decode_as_alone(smollm_path: Path) -> None:
-    cfg = EngineConfig("m", smollm_path, ctx_size=1024, max_sessions=16, gpu_layers=0)
+    cfg = EngineConfig(
+        "m", smollm_path, ctx_size=1024, max_sessions=16, gpu_layers=0, batch_steps=True
+    )
     # 13 sessions, one cancelled mid-stream, one cancelled mid-prefill, then a long prompt.
     texts = [_text(i) for i in range(13)]
     kinds = [KINDS[i % len(KINDS)] for i in range(13)]
@@ -136,7 +138,9 @@ async def test_sixteen_sessions_of_every_kind_decode_as_alone(smollm_path: Path)
 async def test_a_long_prompt_does_not_stall_running_streams(smollm_path: Path) -> None:
     """A stream running while a long prompt is prefilled keeps getting a token per decode:
     it advances about one token per prefill chunk (counted in steps, not time)."""
-    cfg = EngineConfig("m", smollm_path, ctx_size=2048, max_sessions=4, gpu_layers=0)
+    cfg = EngineConfig(
+        "m", smollm_path, ctx_size=2048, max_sessions=4, gpu_layers=0, batch_steps=True
+    )
     engine = await Engine.load(cfg)
     try:
         prompt = await engine.tokenize(_text(1), add_special=True, parse_special=False)

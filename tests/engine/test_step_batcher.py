@@ -89,13 +89,15 @@ async def test_four_concurrent_sessions_decode_as_each_alone(
     assert engine.live_sessions == 0
 
 
-async def test_batching_is_the_default_and_a_failing_session_leaves_its_batch_mates(
+async def test_batching_on_and_a_failing_session_leaves_its_batch_mates(
     smollm_path: Path,
 ) -> None:
     """Mid-batch, one session's caller is cancelled and another is released while its step
     waits: the others still decode as alone, nothing leaks, and a session opened afterwards
     on the same engine decodes as alone too."""
-    cfg = EngineConfig("m", smollm_path, ctx_size=512, max_sessions=4, gpu_layers=0)
+    cfg = EngineConfig(
+        "m", smollm_path, ctx_size=512, max_sessions=4, gpu_layers=0, batch_steps=True
+    )
     assert cfg.batch_steps
     solo_engine = await Engine.load(cfg, batch_steps=False)
     try:
