@@ -94,7 +94,7 @@ async def test_sixteen_sessions_of_every_kind_decode_as_alone(smollm_path: Path)
     finally:
         await alone.close()
 
-    engine = await Engine.load(cfg)
+    engine = await Engine.load(cfg, batch_steps=True)
     try:
         tasks = [
             asyncio.ensure_future(_run(engine, t, k)) for t, k in zip(texts, kinds, strict=True)
@@ -141,7 +141,7 @@ async def test_a_long_prompt_does_not_stall_running_streams(smollm_path: Path) -
     cfg = EngineConfig(
         "m", smollm_path, ctx_size=2048, max_sessions=4, gpu_layers=0, batch_steps=True
     )
-    engine = await Engine.load(cfg)
+    engine = await Engine.load(cfg, batch_steps=True)
     try:
         prompt = await engine.tokenize(_text(1), add_special=True, parse_special=False)
         long = await engine.tokenize(LONG * 2, add_special=True, parse_special=False)

@@ -98,14 +98,13 @@ async def test_batching_on_and_a_failing_session_leaves_its_batch_mates(
     cfg = EngineConfig(
         "m", smollm_path, ctx_size=512, max_sessions=4, gpu_layers=0, batch_steps=True
     )
-    assert cfg.batch_steps
     solo_engine = await Engine.load(cfg, batch_steps=False)
     try:
         solo = [await _run(solo_engine, t) for t in PROMPTS[:2]]
         after_ref = await _run(solo_engine, PROMPTS[2])
     finally:
         await solo_engine.close()
-    engine = await Engine.load(cfg)
+    engine = await Engine.load(cfg, batch_steps=True)
     try:
         assert engine.batch_stats is not None
         running = asyncio.Event()
