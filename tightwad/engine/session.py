@@ -230,6 +230,8 @@ class Session:
             return
         self.closed = True
         try:
+            if self._e.closed:  # its compute thread has finished every command: free it now
+                raise UnavailableError("engine closed")
             fut = self._e.call(self, self._keep_prefix, closed_ok=True)
         except (RuntimeError, UnavailableError):  # no loop, or the engine is shut down
             self._keep_prefix()
