@@ -279,3 +279,20 @@ def test_measured_verify_costs_pick_cheap_widths_when_acceptance_is_high() -> No
     # Drafting time reported per round is learned as a per-token cost.
     ctl.record(15, 15, 15, 0.2, draft_seconds=0.15)
     assert ctl.draft_per_token > 0.0
+
+
+def test_reprice_chooses_k_again_at_the_new_prices() -> None:
+    flat = {w: 0.010 for w in (1, 2, 4, 8, 16)}
+    linear = {w: 0.010 * w for w in (1, 2, 4, 8, 16)}  # every token costs a plain step
+    ctl = DraftLengthController(DraftControlConfig(start_k=4), plain_step_seconds=0.010)
+    ctl.reprice(_costs(linear))  # no measured costs in use yet: nothing to reprice
+    assert ctl.next_k() == 4
+    ctl.use_verify_costs(_costs(flat))
+    for _ in range(3):
+        ctl.record(ctl.next_k(), ctl.next_k(), ctl.next_k(), 0.010, draft_seconds=0.0)
+    k = ctl.next_k()
+    assert k > 0
+    ctl.reprice(_costs(linear))
+    assert ctl.hopeless() and ctl.next_k() == 0
+    ctl.reprice(_costs(flat))
+    assert 0 < ctl.next_k() <= DraftControlConfig().max_growth

@@ -128,6 +128,9 @@ class GenerationStats:
     # Grammar-forced tokens sent as drafts (included in drafted/accepted too).
     forced_drafted: int = 0
     forced_accepted: int = 0
+    # The live runs on the route at each target step, summed: over the steps (rounds +
+    # plain_steps), the load the draft-length control saw.
+    load_steps: int = 0
 
     @property
     def mean_accepted_length(self) -> float:
@@ -135,6 +138,7 @@ class GenerationStats:
         return 1.0 + self.accepted / self.rounds if self.rounds else 1.0
 
     def as_json(self) -> dict[str, object]:
+        steps = self.rounds + self.plain_steps
         return {
             "mode": self.mode,
             "rounds": self.rounds,
@@ -151,6 +155,7 @@ class GenerationStats:
             "accepted_by_position": list(self.accepted_by_position),
             "forced_drafted": self.forced_drafted,
             "forced_accepted": self.forced_accepted,
+            "mean_live_runs": round(self.load_steps / steps, 3) if steps else 0.0,
         }
 
 

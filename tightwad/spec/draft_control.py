@@ -18,7 +18,8 @@ a plain one, to measure it. When the measured costs say drafting could not pay e
 optimistic acceptance (``hopeless_acceptance``, e.g. a CPU where a wide verify costs nearly as
 much per token as a plain step), probes wait ``max_probe_every`` plain steps: each one would
 only re-confirm a loss. :meth:`plain_steps_ahead` says how many of the next rounds are
-certainly plain, so a caller can decode them as one stretch.
+certainly plain, so a caller can decode them as one stretch. When the prices change (a
+batched engine: the round's verify joins other sequences' work), :meth:`reprice` chooses k again.
 
 Guarantee: deterministic (same inputs, same decisions); never returns k outside {0} and
 [k_min, k_max].
@@ -132,6 +133,19 @@ class DraftLengthController:
         _require(draft_per_token >= 0.0, "draft_per_token", "must be >= 0")
         self._verify_seconds = verify_seconds
         self._draft_per_token = draft_per_token
+        if self._t_plain is not None:
+            self._k = self._choose()
+        if self.hopeless():
+            self._k = 0
+
+    def reprice(self, verify_seconds: Callable[[int], float | None]) -> None:
+        """The verify prices changed (e.g. the batch the round joins grew or shrank): predict
+        rounds from ``verify_seconds`` from now on and choose k again at once, so drafting
+        turns off where it stopped paying and comes back (within ``max_growth``) where it
+        pays again. Without :meth:`use_verify_costs` first, nothing changes."""
+        if self._verify_seconds is None:
+            return
+        self._verify_seconds = verify_seconds
         if self._t_plain is not None:
             self._k = self._choose()
         if self.hopeless():

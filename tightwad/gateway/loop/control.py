@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tightwad.gateway.loop.policy import batch_prices
 from tightwad.spec.draft_control import DraftControlConfig, DraftLengthController
 from tightwad.spec.verify_cost import VerifyCosts
 
@@ -29,15 +30,18 @@ class Counters:
     by_position: list[int] = field(default_factory=list)
     forced_drafted: int = 0
     forced_accepted: int = 0
+    # The live runs on the route at each target step, summed (over round_no steps).
+    load_steps: int = 0
 
     @property
     def round_no(self) -> int:
         """Target steps so far (the ``round`` of a :class:`~tightwad.gateway.types.TextDelta`)."""
         return self.rounds + self.plain_steps
 
-    def record_round(self, drafted: int, accepted: int, forced: int = 0) -> None:
+    def record_round(self, drafted: int, accepted: int, forced: int = 0, *, load: int = 1) -> None:
         """One target step: ``drafted`` tokens verified (the first ``forced`` of them forced by
-        the grammar), ``accepted`` of them accepted."""
+        the grammar), ``accepted`` of them accepted, with ``load`` live runs on the route."""
+        self.load_steps += load
         self.forced_drafted += forced
         self.forced_accepted += min(forced, accepted)
         if drafted == 0:
@@ -70,13 +74,30 @@ class FixedK:
 
 @dataclass
 class RequestControl:
-    """The request's controller, and the route's one that learns from it too."""
+    """The request's controller, and the route's one that learns from it too. ``costs``: the
+    route's verify cost by total batch width, which :meth:`observe_load` prices the own
+    controller's rounds at (``load``: the live runs it last priced for)."""
 
     own: DraftLengthController | FixedK
     shared: DraftLengthController | None
+    costs: VerifyCosts | None = None
+    load: int = 1
 
     def next_k(self) -> int:
         return self.own.next_k()
+
+    def observe_load(self, live: int) -> bool:
+        """``live`` runs share the route's batch now: where that differs from the load the
+        own controller was priced for, reprice it at the batch's width
+        (:func:`~.policy.batch_prices`), choosing k again. Whether it repriced."""
+        live = max(1, live)
+        if live == self.load:
+            return False
+        self.load = live
+        if not self.costs or not isinstance(self.own, DraftLengthController):
+            return False
+        self.own.reprice(batch_prices(self.costs.seconds, live))
+        return True
 
     def record(self, k: int, drafted: int, accepted: int, secs: float, draft: float) -> None:
         self.own.record(k, drafted, accepted, secs, draft)
@@ -120,4 +141,4 @@ def request_control(
     )
     if costs:
         own.use_verify_costs(costs.seconds, draft_per_token=shared.draft_per_token)
-    return RequestControl(own, shared)
+    return RequestControl(own, shared, costs)

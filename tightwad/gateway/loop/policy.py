@@ -13,7 +13,9 @@ functions and executes what they decide. Terms:
   one mostly rejected pauses copies for ``copy_pause`` tokens, doubling per failure;
 - *forced* tokens are the ones a grammar forces next: they lead the next round's draft, for
   free (:func:`forced_head`); the route's proposer continues after them;
-- a token's *origin* says what proposed it (:func:`block_origins`, the dashboard's colours).
+- a token's *origin* says what proposed it (:func:`block_origins`, the dashboard's colours);
+- the *load* is how many runs are live on the route: on a batching engine their steps share
+  one forward pass, so a round is priced at the batch's total width (:func:`batch_prices`).
 
 State between rounds is :class:`CopyState` (frozen; :func:`after_round` returns the next one).
 Guarantee: deterministic, same inputs same decisions; a draft never exceeds what the request's
@@ -22,7 +24,7 @@ budget can still use (``left - 1`` tokens: one more comes from the target).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from tightwad.gateway.types import TokenOrigin
@@ -39,6 +41,7 @@ __all__ = [
     "RoundPlan",
     "RoundResult",
     "after_round",
+    "batch_prices",
     "block_origins",
     "certainly_plain",
     "forced_head",
@@ -371,3 +374,20 @@ def pipelined_draft_holds(
     """A draft made while the round verified assumed the whole round accepted; it serves the
     next round when that held and its first token (its guess of the target's token) did too."""
     return accepted == drafted and len(proposed) > 1 and proposed[0] == next_token
+
+
+def batch_prices(
+    verify_seconds: Callable[[int], float | None], live: int
+) -> Callable[[int], float | None]:
+    """The verify cost a draft-length controller should see for a round of width w when
+    ``live`` runs share the engine's batch: the cost of the whole batch at total width
+    ``live * w`` (every live run is assumed to draft as this one does: they run the same
+    controller on the same costs). ``verify_seconds`` is the route's cost by total batch
+    width (:class:`~tightwad.spec.verify_cost.VerifyCosts`). Drafting k then costs
+    ``verify(live * (k + 1)) - verify(live)`` over a plain batch step: next to nothing
+    where the batch is memory-bound (a GPU below its occupancy), about k plain steps where
+    it is compute-bound, so the controller turns drafting off under load and back on when
+    the load falls. One live run (or none): ``verify_seconds`` itself, the prices of today."""
+    if live <= 1:
+        return verify_seconds
+    return lambda width: verify_seconds(live * width)

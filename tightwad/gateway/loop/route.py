@@ -132,6 +132,10 @@ class SpecBackend:
         # What a Verify costs per batch width on the target (calibrated at start, then kept
         # current by every round); empty = not measured, drafts are sent as proposed.
         self.costs = VerifyCosts()
+        # Requests running on the route now (their steps share the engine's batch), and the
+        # most seen at once.
+        self._live = 0
+        self._peak_live = 0
         self._ready = False
         self._error = ""
 
@@ -157,10 +161,25 @@ class SpecBackend:
             return None
         return min(healthy, key=lambda d: d.draft_ms_per_token or 0.0)
 
+    @property
+    def live_runs(self) -> int:
+        """How many requests run on the route now (their steps share one batch)."""
+        return self._live
+
+    def run_started(self) -> None:
+        """A request's run began (:class:`RequestRun` calls it once, then :meth:`run_ended`)."""
+        self._live += 1
+        self._peak_live = max(self._peak_live, self._live)
+
+    def run_ended(self) -> None:
+        self._live = max(0, self._live - 1)
+
     def record_verify(self, width: int, seconds: float) -> None:
         """A request's Verify of ``width`` tokens took ``seconds`` on the engine: keeps the
-        route's costs current (once calibrated)."""
-        if self.costs:
+        route's costs current (once calibrated). The costs are by total batch width, so only
+        a Verify that ran alone on the route counts (with batch mates it timed their work
+        too, at a width this run does not know)."""
+        if self.costs and self._live <= 1:
             self.costs.observe(width, seconds)
 
     def controller_for(self, proposer: str) -> DraftLengthController:
@@ -291,6 +310,10 @@ class SpecBackend:
                     for d in self._drafters
                 ],
                 "error": self._error,
+                # Requests running now (the load the draft-length control prices a round's
+                # verify at: live runs x their width), and the most at once since start.
+                "live_runs": self._live,
+                "peak_live_runs": self._peak_live,
                 "drafting": self._drafting_state(),
                 # What a Verify of each batch width costs on the target (calibrated, then
                 # kept current), and how many tokens a copy therefore drafts at most.

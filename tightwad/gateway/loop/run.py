@@ -66,6 +66,8 @@ class RequestRun:
         self.prefill_ms = 0.0
         self.cached = 0
         self.done = False
+        # Counted among the route's live runs (from events() until cleanup).
+        self.live = False
 
     async def _prompt_tokens(self) -> list[int]:
         r, t = self.req, self.spec.target
@@ -111,6 +113,8 @@ class RequestRun:
         return guard
 
     async def events(self) -> AsyncGenerator[GenerationEvent, None]:
+        self.b.run_started()
+        self.live = True
         guard = await self._open()
         assert self.target is not None
         await self._setup_drafting()
@@ -132,6 +136,8 @@ class RequestRun:
                 break
             # Tokens a round may still emit: draft no more than the budget can use.
             left = room if guard.max_tokens is None else min(room, guard.max_tokens - guard.count)
+            # The batch this round joins: the controller prices its verify at that width.
+            control.observe_load(self.b.live_runs)
             t0 = time.perf_counter()
             draft, k, lead, t_draft = Draft(), 0, 0, 0.0
             ngram_seen = len(self.ngram.tokens) if self.ngram is not None else 0
@@ -278,7 +284,7 @@ class RequestRun:
         tokens cost no drafting and are always accepted."""
         self.c.draft_ms += t_draft * 1000.0
         self.c.verify_ms += res.verify_ms
-        self.c.record_round(len(draft), res.accepted, lead)
+        self.c.record_round(len(draft), res.accepted, lead, load=control.load)
         self.b.record_verify(len(draft) + 1, res.verify_ms / 1000.0)
         own, own_acc = len(draft) - lead, max(0, res.accepted - lead)
         if own:
@@ -444,7 +450,7 @@ class RequestRun:
                 now = time.perf_counter()
                 step, t_prev = max(now - t_prev, 1e-6), now
                 control.record_plain(step)
-                self.c.record_round(0, 0)
+                self.c.record_round(0, 0, load=control.load)
                 self.c.verify_ms += step * 1000.0
                 res = Verified(
                     accepted=0,
@@ -510,9 +516,13 @@ class RequestRun:
             accepted_by_position=tuple(c.by_position),
             forced_drafted=c.forced_drafted,
             forced_accepted=c.forced_accepted,
+            load_steps=c.load_steps,
         )
 
     async def cleanup(self) -> None:
+        if self.live:
+            self.live = False
+            self.b.run_ended()
         if self.drafter is not None:
             await self.drafter.close(done=self.done)
         if self.target is None:
