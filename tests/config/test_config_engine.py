@@ -15,8 +15,9 @@ def test_n_gpu_layers_takes_auto_or_a_layer_count(value: object, expected: objec
     assert cfg.engine.n_gpu_layers == expected
 
 
-def test_n_gpu_layers_default_is_every_layer() -> None:
-    assert config_from_mapping({}).engine.n_gpu_layers == -1
+def test_n_gpu_layers_default_is_the_planned_offload() -> None:
+    assert config_from_mapping({}).engine.n_gpu_layers == "auto"
+    assert config_from_mapping({"engine": {"ctx_size": 512}}).engine.n_gpu_layers == "auto"
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """The engine host: one Engine, possibly pooled over ggml-rpc-servers, in its own process.
 
     python -m tightwad.agent.engine_host --listen HOST:PORT --model PATH [--model-id ID]
-        [--ctx-size N] [--threads N] [--max-sessions N] [--batch-size N] [--gpu-layers N]
+        [--ctx-size N] [--threads N] [--max-sessions N] [--batch-size N] [--gpu-layers auto|N]
         [--devices RPC[h:p],...] [--tensor-split a,b,...] [--log-level LEVEL]
 
 (also ``tightwad-agent --engine-only ...``). The agent's Supervisor runs it as a
@@ -41,10 +41,12 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from tightwad.agent.server import AgentServer, AgentSettings, tls_from_env
 from tightwad.config import TlsConfig
 from tightwad.engine.engine_config import EngineConfig
+from tightwad.engine.offload import placement_line
 from tightwad.errors import TightwadError
 from tightwad.logs import configure_logging, get_logger
 
@@ -89,6 +91,20 @@ def _floats(text: str) -> tuple[float, ...]:
         )
 
 
+def _gpu_layers(text: str) -> int | Literal["auto"]:
+    if text == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto' or an integer >= -1, got {text!r}"
+        ) from None
+    if value < -1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= -1, got {value}")
+    return value
+
+
 def _devices(text: str) -> tuple[str, ...]:
     return tuple(d.strip() for d in text.split(",") if d.strip())
 
@@ -105,7 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: llama.cpp decides)")
     p.add_argument("--max-sessions", type=int, default=4, help="sessions at once")
     p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--gpu-layers", type=int, default=0, help="layers off the CPU (-1: all)")
+    p.add_argument(
+        "--gpu-layers",
+        type=_gpu_layers,
+        default="auto",
+        help="layers off the CPU: auto (as many as fit on the GPUs ggml sees; the default), "
+        "a number, -1 all",
+    )
     p.add_argument(
         "--devices",
         type=_devices,
@@ -264,6 +286,7 @@ async def serve(settings: EngineHostSettings) -> int:
             f"tightwad-engine-host serving {settings.engine.model_id} on {address} ({layers})",
             flush=True,
         )
+        print(f"placement: {placement_line(settings.engine, info.devices)}", flush=True)
         watch = asyncio.create_task(_watch(settings, parent), name="engine-host-watchdog")
         stopped = asyncio.create_task(stop.wait(), name="engine-host-signal")
         done, _ = await asyncio.wait({watch, stopped}, return_when=asyncio.FIRST_COMPLETED)

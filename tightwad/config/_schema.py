@@ -379,16 +379,15 @@ class GatewayConfig:
 class EngineConfig:
     """Defaults for embedded llama.cpp engines. ``threads=None``: llama.cpp decides.
 
-    ``n_gpu_layers``: ``"auto"`` (as many layers as fit on this host's GPUs, planned when the
-    engine loads: :func:`tightwad.engine.offload.plan_for_config`) or llama.cpp's number
-    (``-1`` all, ``0`` none). The default is still ``-1`` until every reader passes ``"auto"``
-    through to :class:`tightwad.engine.engine_config.EngineConfig` (the gateway clamps it)."""
+    ``n_gpu_layers``: ``"auto"`` (the default: as many layers as fit on the GPUs ggml sees on
+    the host that loads the engine, planned by :func:`tightwad.engine.offload.plan_for_config`;
+    no GPU, every layer on the CPU) or llama.cpp's number (``-1`` all, ``0`` none)."""
 
     threads: int | None = None
     ctx_size: int = 8192
     batch_size: int = 512
     max_sessions: int = 4
-    n_gpu_layers: int | Literal["auto"] = -1
+    n_gpu_layers: int | Literal["auto"] = "auto"
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ __all__ = [
     "OffloadOptions",
     "OffloadPlan",
     "compute_bytes",
+    "placement_line",
     "plan_for_config",
     "plan_offload",
 ]
@@ -259,6 +260,31 @@ def plan_for_config(cfg: EngineConfig) -> OffloadPlan | None:
         return None
     options = OffloadOptions(ubatch=cfg.batch_size, flash_attn=cfg.flash_attn)
     return plan_offload(facts, devices, cfg.ctx_size * cfg.max_sessions, options)
+
+
+def placement_line(cfg: EngineConfig, layers: Sequence[tuple[str, int]] = ()) -> str:
+    """Where ``cfg``'s model went, in one line to print or log when the engine loads.
+
+    Planned (``gpu_layers="auto"``): the plan's summary (``28/28 layers on Vulkan0 (llvmpipe),
+    1.10 GiB; KV 224.0 MiB``), or ``0/30 layers on a GPU: no GPU device visible to ggml (CPU,
+    92.1 MiB; KV 22.5 MiB)``. Given as a number: ``layers`` (device name, layer count; what
+    the loaded engine reports in ``EngineInfo.devices``) with the number that asked for them,
+    e.g. ``10/30 layers on CPU + 20/30 layers on CUDA0 (gpu_layers 20)``."""
+    plan = cfg.offload
+    if plan is not None:
+        if plan.shares:
+            return plan.summary()
+        why = plan.reason or "no GPU device"
+        return (
+            f"0/{plan.n_layers} layers on a GPU: {why} "
+            f"(CPU, {_fmt(plan.cpu_weight_bytes)}; KV {_fmt(plan.kv_bytes)})"
+        )
+    asked = f"gpu_layers {cfg.gpu_layers}"
+    total = sum(n for _, n in layers)
+    if not total:
+        return f"0 layers on a GPU: {asked} (CPU)" if cfg.gpu_layers == 0 else asked
+    placed = " + ".join(f"{n}/{total} layers on {name}" for name, n in layers if n)
+    return f"{placed} ({asked})"
 
 
 @lru_cache(maxsize=32)

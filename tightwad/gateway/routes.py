@@ -124,7 +124,7 @@ class _Builder:
                 ctx_size=min(m.ctx_size, e.ctx_size),
                 max_sessions=e.max_sessions,
                 threads=e.threads or 0,
-                gpu_layers=e.n_gpu_layers if e.n_gpu_layers == "auto" else max(0, e.n_gpu_layers),
+                gpu_layers=e.n_gpu_layers,
                 batch_size=e.batch_size,
             )
         return ref.name

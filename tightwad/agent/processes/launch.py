@@ -7,8 +7,8 @@
 - Device pinning by the vendor's visibility variable, keyed by stable ids: NVIDIA by UUID in
   ``CUDA_VISIBLE_DEVICES`` (with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` so indices agree with
   nvidia-smi); AMD by ``ROCR_VISIBLE_DEVICES`` (UUID or index) and ``HIP_VISIBLE_DEVICES``
-  renumbered ``0..n-1`` (HIP indices are relative to what ROCR exposes); a CPU-only process
-  hides every GPU.
+  renumbered ``0..n-1`` (HIP indices are relative to what ROCR exposes); Vulkan by
+  ``GGML_VK_VISIBLE_DEVICES`` (see :func:`vulkan_index`); a CPU-only process hides every GPU.
 - Backend presets (ROCm with several GPUs: ``HSA_ENABLE_SDMA=0``), then the spec's ``env``
   overrides on top.
 """
@@ -32,6 +32,7 @@ __all__ = [
     "child_env",
     "device_env",
     "resolve_bind_host",
+    "vulkan_index",
 ]
 
 DeviceLookup = Callable[[str], DeviceInfo | None]
@@ -40,6 +41,7 @@ _WILDCARDS = frozenset({"0.0.0.0", "::", "*"})
 _SPEC_ADDRESS_FLAGS = frozenset({"--host", "--port", "-H", "-p", "--listen"})
 ENGINE_HOST_MODULE = "tightwad.agent.engine_host"
 _ROCM_MULTI_GPU = {"HSA_ENABLE_SDMA": "0"}
+VK_VISIBLE = "GGML_VK_VISIBLE_DEVICES"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,14 +106,36 @@ def _cuda_ref(device: DeviceInfo) -> str:
     return device.id if device.id.startswith(("GPU-", "MIG-")) else str(device.index)
 
 
-def device_env(spec: ProcessSpec, lookup: DeviceLookup) -> dict[str, str]:
-    """Visibility variables and backend presets for the spec's devices (before overrides)."""
+def vulkan_index(device: DeviceInfo, base: Mapping[str, str]) -> int:
+    """The Vulkan physical-device index ``GGML_VK_VISIBLE_DEVICES`` takes for ``device``.
+
+    The inventory names a Vulkan device as ggml numbers it in the agent's process
+    (``Vulkan1``: ggml's second Vulkan device). When the agent's environment sets
+    ``GGML_VK_VISIBLE_DEVICES`` (as a host with Mesa's llvmpipe must, a Vulkan device of type
+    CPU that ggml skips otherwise), ggml's n-th device is the n-th index of that list; without
+    it ggml lists the GPUs in the loader's order, which is the physical index as long as no
+    CPU-type device (llvmpipe) comes first: set the variable on such a host."""
+    digits = device.ggml_name.removeprefix("Vulkan")
+    position = int(digits) if digits.isdigit() else device.index
+    shown = [p for p in base.get(VK_VISIBLE, "").replace(",", " ").split() if p.isdigit()]
+    if VK_VISIBLE in base and position < len(shown):
+        return int(shown[position])
+    return position
+
+
+def device_env(
+    spec: ProcessSpec, lookup: DeviceLookup, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Visibility variables and backend presets for the spec's devices (before overrides);
+    ``base`` is the agent's own environment (for Vulkan's numbering)."""
     devices = _resolve_devices(spec, lookup)
     env: dict[str, str] = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
     if not spec.device_ids:
         return env
     cuda = [d for d in devices if d.backend is Backend.CUDA]
     rocm = [d for d in devices if d.backend is Backend.ROCM]
+    vulkan = [d for d in devices if d.backend is Backend.VULKAN]
+    env[VK_VISIBLE] = ",".join(str(vulkan_index(d, base or {})) for d in vulkan)
     env["CUDA_VISIBLE_DEVICES"] = ",".join(_cuda_ref(d) for d in cuda)
     env["ROCR_VISIBLE_DEVICES"] = ",".join(_cuda_ref(d) for d in rocm)
     env["HIP_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(len(rocm)))
@@ -153,4 +177,4 @@ def build_command(
 
 def child_env(base: Mapping[str, str], spec: ProcessSpec, lookup: DeviceLookup) -> dict[str, str]:
     """The child's whole environment: ``base``, then pinning and presets, then ``spec.env``."""
-    return {**base, **device_env(spec, lookup), **spec.env}
+    return {**base, **device_env(spec, lookup, base), **spec.env}
