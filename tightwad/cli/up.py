@@ -3,8 +3,9 @@
 Turns its flags into a cluster file (one model, one route) and serves it the way
 ``tightwad-gateway`` does (:func:`tightwad.gateway.assemble.assemble`): the embedded llama.cpp
 engines on loopback gRPC and the gateway over them;
-prints the URL and a working ``curl``, and runs until SIGINT/SIGTERM. Defaults: the fast test
-model (SmolLM2-135M, fetched into the cache) with n-gram drafting.
+prints the URL, a working ``curl`` and the dashboard's URL (:func:`banner`), and runs until
+SIGINT/SIGTERM. Defaults: the fast test model (SmolLM2-135M, fetched into the cache) with
+n-gram drafting.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tightwad.errors import ConfigError, TightwadError
 from tightwad.gateway.assemble import Overrides, Stack, assemble
 from tightwad.logs import get_logger
 
-__all__ = ["UpOptions", "add_up_arguments", "run_up"]
+__all__ = ["UpOptions", "add_up_arguments", "banner", "run_up"]
 
 log = get_logger("tightwad.up")
 DEFAULT_MODEL = "smollm2-135m"
@@ -145,16 +146,23 @@ async def start_stack(opts: UpOptions) -> Stack:
     return stack
 
 
-def _banner(stack: Stack, opts: UpOptions, name: str) -> str:
-    url = stack.gateway.url
-    auth = f' -H "Authorization: Bearer {"$TIGHTWAD_API_KEY"}"' if opts.api_key else ""
+def banner(url: str, name: str, draft: str, *, api_key: bool) -> str:
+    """What ``tightwad up`` prints once it serves: the API's URL, a working ``curl``, the
+    dashboard's URL (it asks for the API key when one is set), status and metrics."""
+    auth = f' -H "Authorization: Bearer {"$TIGHTWAD_API_KEY"}"' if api_key else ""
+    asks = " (it asks for the API key once per browser session)" if api_key else ""
     return (
-        f"Tightwad is serving {name!r} at {url}/v1 (drafting: {opts.draft})\n"
+        f"Tightwad is serving {name!r} at {url}/v1 (drafting: {draft})\n"
         f"Try:\n  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} "
         f'-d \'{{"model": "{name}", "messages": [{{"role": "user", '
         f'"content": "Say hello"}}], "max_tokens": 32}}\'\n'
+        f"Dashboard: {url}/ in a browser{asks}\n"
         f"Status: {url}/v1/tightwad/status   Metrics: {url}/metrics   Stop: Ctrl-C"
     )
+
+
+def _banner(stack: Stack, opts: UpOptions, name: str) -> str:
+    return banner(stack.gateway.url, name, opts.draft, api_key=opts.api_key is not None)
 
 
 async def _offload_lines(stack: Stack) -> str:
