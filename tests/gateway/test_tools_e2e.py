@@ -158,3 +158,60 @@ async def test_streamed_call_assembles_to_the_same_call(client: openai.AsyncOpen
     assert name == expected[0].function.name == "get_weather"
     assert json.loads(args) == json.loads(expected[0].function.arguments)
     jsonschema.validate(json.loads(args), SCHEMA)
+
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "age": {"type": "integer", "minimum": 0},
+        "languages": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+    },
+    "required": ["name", "age", "languages"],
+    "additionalProperties": False,
+}
+BIO = [
+    {
+        "role": "user",
+        "content": "Extract the person: Ada is a 36 year old engineer who writes Python and C.",
+    }
+]
+
+
+async def test_json_schema_output_validates_streamed_and_not(client: openai.AsyncOpenAI) -> None:
+    kw = {
+        "model": "qwen",
+        "messages": BIO,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "person", "schema": PERSON, "strict": True},
+        },
+        "temperature": 0,
+        "max_tokens": 96,
+    }
+    r = await client.chat.completions.create(**kw)  # type: ignore[call-overload]
+    choice = r.choices[0]
+    assert choice.finish_reason == "stop"
+    value = json.loads(choice.message.content or "")
+    jsonschema.validate(value, PERSON)
+    assert value["name"] == "Ada" and value["age"] == 36
+    assert r.tightwad["forced_drafted"] > 0  # type: ignore[attr-defined]
+    stream = await client.chat.completions.create(stream=True, **kw)  # type: ignore[call-overload]
+    text = ""
+    async for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+    assert json.loads(text) == value
+
+
+async def test_json_object_output_parses(client: openai.AsyncOpenAI) -> None:
+    r = await client.chat.completions.create(
+        model="qwen",
+        messages=[{"role": "user", "content": "Give the capital of France as JSON."}],
+        response_format={"type": "json_object"},
+        temperature=0,
+        max_tokens=48,
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "stop"
+    assert isinstance(json.loads(choice.message.content or ""), dict)
