@@ -76,11 +76,12 @@ async def _run(
 
 async def test_sixteen_sessions_of_every_kind_decode_as_alone(smollm_path: Path) -> None:
     cfg = EngineConfig(
-        "m", smollm_path, ctx_size=1024, max_sessions=16, gpu_layers=0, batch_steps=True
+        "m", smollm_path, ctx_size=1024, max_sessions=20, gpu_layers=0, batch_steps=True
     )
-    # 13 sessions, one cancelled mid-stream, one cancelled mid-prefill, then a long prompt.
-    texts = [_text(i) for i in range(13)]
-    kinds = [KINDS[i % len(KINDS)] for i in range(13)]
+    # 16 sessions of every kind, one cancelled mid-stream, one cancelled mid-prefill, then a
+    # long prompt arriving mid-stream.
+    texts = [_text(i) for i in range(16)]
+    kinds = [KINDS[i % len(KINDS)] for i in range(16)]
     alone = await Engine.load(cfg, batch_steps=False)
     try:
         # References: drafts and verifies follow the plain greedy run (their gaps too).

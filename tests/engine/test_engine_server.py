@@ -46,3 +46,47 @@ async def test_serves_its_engines_and_closes_them_on_stop(smollm_path: Path) -> 
     assert server.registry.all() == []
     with pytest.raises(Exception, match="closed"):
         await engine.tokenize("hi", add_special=False, parse_special=False)
+
+
+@pytest.mark.engine
+async def test_info_carries_the_live_batch_occupancy(smollm_path: Path) -> None:
+    """Info says how full the engine's steps are: sessions and tokens per forward pass, with
+    the settings (max sessions, step token budget, prefill chunk)."""
+    import asyncio
+
+    from tightwad.gateway.engine_client import EngineClient
+    from tightwad.spec.sampling import SamplingConfig
+
+    cfg = EngineConfig("smollm", smollm_path, ctx_size=256, max_sessions=3, batch_size=256)
+    server = EngineServer("127.0.0.1:0", engines=(cfg,))
+    address = await server.start()
+    client = EngineClient(address, "smollm")
+    try:
+        before = (await client.info()).batch
+        assert before.enabled and before.decodes == 0
+        assert (before.max_sessions, before.step_token_budget, before.prefill_chunk) == (
+            3,
+            256,
+            cfg.prefill_chunk,
+        )
+        engine = server.registry.get("smollm")
+        prompt = await engine.tokenize("The sea is", add_special=True, parse_special=False)
+
+        async def run() -> int:
+            s, _, _ = await engine.open_session(prompt, SamplingConfig())
+            try:
+                return len([t async for t, _lp, _why in s.generate(8, ignore_eos=True)])
+            finally:
+                s.release()
+
+        assert await asyncio.gather(run(), run(), run()) == [8, 8, 8]
+        after = (await client.info()).batch
+    finally:
+        await client.close()
+        await server.stop(grace=0.5)
+    assert after.decodes > 0 and after.jobs >= 3 * 8
+    assert after.mean_sessions_per_step == pytest.approx(after.jobs / after.decodes)
+    assert after.mean_sessions_per_step > 1.0  # the three streams shared forward passes
+    assert after.mean_tokens_per_step == pytest.approx(after.tokens / after.decodes)
+    assert 1 <= after.max_jobs <= 3 and after.max_tokens <= 256
+    assert after.recent_sessions_per_step > 0

@@ -1,8 +1,8 @@
 """``n`` choices and OpenAI's bookkeeping fields against a live gateway on a real SmolLM2
 engine (n-gram speculation), with the real ``openai`` client: greedy choices equal the n=1
-answer, seeded sampled choices stream to exactly the non-streamed choices (interleaved by
-index) and differ from each other, usage counts the prompt once; accepted fields pass, refused
-ones get OpenAI's 400."""
+answer (or depart from it only at a near-tie), seeded sampled choices stream to exactly the
+non-streamed choices (interleaved by index) and differ from each other, usage counts the
+prompt once; accepted fields pass, refused ones get OpenAI's 400."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import openai
 import pytest
+from support import assert_equal_or_near_tie
 
 from tightwad.engine.engine_config import EngineConfig
 from tightwad.engine.server import EngineServer
@@ -43,18 +44,45 @@ async def client(smollm_path: Path) -> AsyncIterator[openai.AsyncOpenAI]:
         await engine.stop(grace=0.5)
 
 
+def _tokens(choice: object) -> list[str]:
+    lp = choice.logprobs  # type: ignore[attr-defined]
+    assert lp is not None and lp.content
+    return [t.token for t in lp.content]
+
+
 async def test_greedy_choices_equal_the_single_answer(client: openai.AsyncOpenAI) -> None:
-    kw = {"model": "smol", "messages": ASK, "temperature": 0, "max_tokens": 24}
+    """Each greedy choice is the n=1 answer, or departs from it only at a near-tie of its top
+    two logprobs (the choices share one prefill, so their first tokens come from one cache;
+    batch mates may still change the last bits of a later step)."""
+    kw = {
+        "model": "smol",
+        "messages": ASK,
+        "temperature": 0,
+        "max_tokens": 24,
+        "logprobs": True,
+        "top_logprobs": 2,
+    }
     one = await client.chat.completions.create(**kw)  # type: ignore[call-overload]
     two = await client.chat.completions.create(n=2, **kw)  # type: ignore[call-overload]
     assert [c.index for c in two.choices] == [0, 1]
     expected = one.choices[0].message.content
     assert expected
-    assert [c.message.content for c in two.choices] == [expected, expected]
-    assert [c.finish_reason for c in two.choices] == [one.choices[0].finish_reason] * 2
+    ref = _tokens(one.choices[0])
+    assert one.choices[0].logprobs is not None and one.choices[0].logprobs.content
+    gaps = [
+        t.top_logprobs[0].logprob - t.top_logprobs[1].logprob
+        for t in one.choices[0].logprobs.content
+    ]
+    lengths = []
+    for c in two.choices:
+        got = _tokens(c)
+        lengths.append(len(got))
+        if assert_equal_or_near_tie(ref, got, gaps, what=f"choice {c.index}"):
+            assert c.message.content == expected
+            assert c.finish_reason == one.choices[0].finish_reason
     assert one.usage is not None and two.usage is not None
     assert two.usage.prompt_tokens == one.usage.prompt_tokens
-    assert two.usage.completion_tokens == 2 * one.usage.completion_tokens
+    assert two.usage.completion_tokens == sum(lengths)
 
 
 async def test_seeded_choices_stream_to_the_whole_answer(client: openai.AsyncOpenAI) -> None:

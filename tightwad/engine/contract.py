@@ -18,7 +18,7 @@ its output refuses such an open (:class:`~tightwad.errors.InvalidRequestError`).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from tightwad.engine.grammar import GrammarSpec
 
 __all__ = [
+    "BatchOccupancy",
     "DraftEnd",
     "DraftStep",
     "DraftStop",
@@ -56,6 +57,31 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchOccupancy:
+    """Live occupancy of an engine's continuous batching (the wire's ``BatchOccupancy``): one
+    step is one forward pass over the pending work of many sessions. All zero (``enabled``
+    False) for an engine that does not batch, or an older engine that does not say."""
+
+    enabled: bool = False
+    decodes: int = 0
+    jobs: int = 0
+    tokens: int = 0
+    prefill_tokens: int = 0
+    mean_sessions_per_step: float = 0.0
+    mean_tokens_per_step: float = 0.0
+    recent_sessions_per_step: float = 0.0
+    max_jobs: int = 0
+    max_tokens: int = 0
+    max_sessions: int = 0
+    step_token_budget: int = 0
+    prefill_chunk: int = 0
+
+    def as_dict(self) -> dict[str, int | float | bool]:
+        """The fields by name (for status pages)."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
 class EngineInfo:
     model_id: str
     model_name: str
@@ -79,6 +105,7 @@ class EngineInfo:
     can_draft: bool = True
     can_logprobs: bool = True
     kind: str = "embedded"  # embedded | llama_server | ollama | openai
+    batch: BatchOccupancy = field(default_factory=BatchOccupancy)
 
 
 @dataclass(frozen=True, slots=True)

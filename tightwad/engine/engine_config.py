@@ -46,10 +46,9 @@ class EngineConfig:
     # steps) as one forward pass per step (tightwad.engine.step_batcher). Lossless as batched
     # verification is: a session alone decodes exactly as unbatched; batch mates change only
     # the last bits (greedy output equal to solo or first different at a near-tie).
-    # Off by default for now: n=2 greedy choices of one prompt (two sessions prefilling the
-    # same prompt in one batch) diverged from the solo answer at the first token
-    # (tests/gateway/test_api_choices_real.py); on again once that is found and fixed.
-    batch_steps: bool = False
+    # n choices of one prompt share one prefill (the whole prompt's KV, copied), so their
+    # first tokens come from one cache (tests/gateway/test_api_choices_real.py).
+    batch_steps: bool = True
     # An Open that finds all ``max_sessions`` taken waits this long for one to free (as
     # llama-server queues requests for its slots), then is refused as overloaded (429).
     open_wait_s: float = 10.0

@@ -5,13 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from tightwad.engine.contract import EngineInfo, Message, TokenLogprob
+from tightwad.engine.contract import BatchOccupancy, EngineInfo, Message, TokenLogprob
 from tightwad.v1 import common_pb2, engine_pb2
 
 if TYPE_CHECKING:
     from tightwad.engine.grammar import GrammarSpec
 
-__all__ = ["grammar_from_pb", "info_to_pb", "logprob_to_pb", "messages_from_pb"]
+__all__ = [
+    "batch_from_pb",
+    "grammar_from_pb",
+    "info_to_pb",
+    "logprob_to_pb",
+    "messages_from_pb",
+]
 
 _KINDS: dict[str, engine_pb2.EngineKind.ValueType] = {
     "embedded": engine_pb2.ENGINE_KIND_EMBEDDED,
@@ -77,4 +83,20 @@ def info_to_pb(info: EngineInfo) -> engine_pb2.InfoResponse:
         n_threads=info.n_threads,
         path=info.path,
         engine_version=info.engine_version,
+        batch=_batch_to_pb(info.batch) if info.batch.enabled else None,
     )
+
+
+_BATCH_FIELDS = [f for f in BatchOccupancy.__dataclass_fields__ if f != "enabled"]
+
+
+def _batch_to_pb(b: BatchOccupancy) -> engine_pb2.BatchOccupancy:
+    return engine_pb2.BatchOccupancy(**{f: getattr(b, f) for f in _BATCH_FIELDS})
+
+
+def batch_from_pb(r: engine_pb2.InfoResponse) -> BatchOccupancy:
+    """The Info response's batch occupancy; the all-zero default when the engine sent none
+    (no batching, or an engine older than the field)."""
+    if not r.HasField("batch"):
+        return BatchOccupancy()
+    return BatchOccupancy(enabled=True, **{f: getattr(r.batch, f) for f in _BATCH_FIELDS})

@@ -11,7 +11,10 @@ Guarantees:
   model, the slots (KV sequences) and the prefix cache.
 - Closing a session returns its slot; its KV cells stay as a cached prefix (LRU) that a later
   session with a common prompt prefix reuses (``seq_cp``) instead of recomputing; when the
-  cache is full, the oldest such prefix is dropped for the live sessions.
+  cache is full, the oldest such prefix is dropped for the live sessions. Reuse goes up to
+  whole aligned prefill chunks, or all of a prompt but its pending token when the source was
+  prefilled from that very prompt (same chunks): n choices of one prompt share one prefill
+  and their first tokens come from one cache.
 - When every session is taken, an Open waits up to ``open_wait_s`` for one to free, then is
   refused with :class:`~tightwad.errors.OverloadedError` (429, "busy ... retry later").
 - A session opened with a grammar gets a matcher over the engine's own vocabulary; the
@@ -33,9 +36,16 @@ import numpy as np
 
 from tightwad.engine.binding import LlamaLoadParams, LlamaModel, llama_version
 from tightwad.engine.chat_template import ChatTemplate
-from tightwad.engine.contract import DraftStep, EngineInfo, Message, TokenLogprob, VerifyResult
+from tightwad.engine.contract import (
+    BatchOccupancy,
+    DraftStep,
+    EngineInfo,
+    Message,
+    TokenLogprob,
+    VerifyResult,
+)
 from tightwad.engine.engine_config import EngineConfig
-from tightwad.engine.session import Session, SessionGrammar, Slot, lcp
+from tightwad.engine.session import Session, SessionGrammar, Slot
 from tightwad.engine.session_rules import check_open, check_tokens
 from tightwad.engine.step_batcher import MORE, WAIT, BatchStats, FnJob, Job, StepBatcher
 from tightwad.errors import (
@@ -323,6 +333,29 @@ class Engine:
             engine_version=llama_version(),
             devices=self._placement(),
             has_chat_template=self._template is not None,
+            batch=self.occupancy(),
+        )
+
+    def occupancy(self) -> BatchOccupancy:
+        """The step batcher's live occupancy (the default, ``enabled`` False, when off)."""
+        if self._batcher is None:
+            return BatchOccupancy()
+        s = self._batcher.stats
+        per = max(s.decodes, 1)
+        return BatchOccupancy(
+            enabled=True,
+            decodes=s.decodes,
+            jobs=s.steps,
+            tokens=s.tokens,
+            prefill_tokens=s.prefill_tokens,
+            mean_sessions_per_step=s.steps / per,
+            mean_tokens_per_step=s.tokens / per,
+            recent_sessions_per_step=sum(s.widths) / max(len(s.widths), 1),
+            max_jobs=s.max_jobs,
+            max_tokens=s.max_tokens,
+            max_sessions=self.cfg.max_sessions,
+            step_token_budget=self._m.batch_capacity,
+            prefill_chunk=self.cfg.prefill_chunk,
         )
 
     def _placement(self) -> tuple[tuple[str, int], ...]:
@@ -430,6 +463,7 @@ class Engine:
         slot.prefill_at = 0  # before kv_tokens: the compute thread reads them in that order
         slot.kv_tokens = list(prompt[:-1])
         slot.exact = (len(prompt) - 1) // self.cfg.prefill_chunk * self.cfg.prefill_chunk
+        slot.tail = len(prompt) - 1
         session = Session(
             self,
             slot,
@@ -480,12 +514,11 @@ class Engine:
 
     def _choose_slot(self, prompt: Sequence[int]) -> tuple[Slot, Slot | None, int]:
         """Pick a slot for a new session and the best prefix source (slot, reuse length)."""
-        limit = len(prompt) - 1
         chunk = self.cfg.prefill_chunk
         best: Slot | None = None
         best_len = 0
         for s in self._slots:
-            n = min(lcp(s.kv_tokens, prompt), limit, s.exact) // chunk * chunk
+            n = s.reusable(prompt, chunk)
             if n > best_len:
                 best, best_len = s, n
         if best_len < self.cfg.min_prefix_reuse:
@@ -512,7 +545,7 @@ class Engine:
             return False
         victim = min(idle, key=lambda s: s.last_used)
         self._m.seq_rm(victim.seq_id, -1, -1)
-        victim.kv_tokens, victim.exact = [], 0
+        victim.kv_tokens, victim.exact, victim.tail = [], 0, 0
         log.info("kv_cache_full_prefix_dropped", model=self.cfg.model_id, seq=victim.seq_id)
         return True
 

@@ -60,10 +60,32 @@ class Slot:
     kv_tokens: list[int] = field(default_factory=list)
     # Leading positions whose KV came from aligned prefill chunks (exactly reusable).
     exact: int = 0
+    # The end of the prompt prefilled into this slot (its last chunk ``[exact, tail)``), while
+    # the cache still holds all of it: a prompt of this very length and tokens would decode
+    # the same chunks, so it may take the whole of it (n choices of one prompt share one
+    # prefill). 0 once the sequence is cut below it.
+    tail: int = 0
     last_used: float = 0.0
     # While a prefill into this slot runs (batched, it spans steps): the positions really in
     # the cache so far (``kv_tokens`` then says what they will be). None otherwise.
     prefill_at: int | None = None
+
+    def cut(self, n: int) -> None:
+        """The cache keeps only the first ``n`` positions of this sequence (or is extended
+        past them by other computation): shrink what is exactly reusable."""
+        self.exact = min(self.exact, n)
+        if self.tail > n:
+            self.tail = 0
+
+    def reusable(self, prompt: Sequence[int], chunk: int) -> int:
+        """How many leading positions of ``prompt``'s prefill this slot's cache can give
+        exactly: all but its last token when it holds that very prompt's prefill, else a
+        whole number of aligned chunks of the common prefix."""
+        limit = len(prompt) - 1
+        n = min(lcp(self.kv_tokens, prompt), limit)
+        if n == limit and self.tail == limit and self.exact == limit // chunk * chunk:
+            return limit
+        return min(n, self.exact) // chunk * chunk
 
 
 def lcp(a: Sequence[int], b: Sequence[int]) -> int:
@@ -250,7 +272,7 @@ class Session:
         last command): its cells stay as a cached prefix for later sessions."""
         slot = self._slot
         slot.kv_tokens = self.tokens[: self.n_kv]
-        slot.exact = min(slot.exact, self.n_kv)
+        slot.cut(self.n_kv)
         slot.prefill_at = None
 
     @property
@@ -453,7 +475,7 @@ class Session:
         self.tokens = self.tokens[:keep]
         self.prompt_len = min(self.prompt_len, keep)
         self._slot.kv_tokens = self._slot.kv_tokens[: keep - 1]
-        self._slot.exact = min(self._slot.exact, keep - 1)
+        self._slot.cut(keep - 1)
         if self.n_kv > keep - 1:
             self._m.seq_rm(self.seq, keep - 1, -1)
             self.n_kv = keep - 1
@@ -513,7 +535,7 @@ class Session:
             valid = min(lcp(self.tokens, new), self.n_kv, len(new) - 1)
             self._m.seq_rm(self.seq, valid, -1)
             self._slot.kv_tokens = self._slot.kv_tokens[:valid]
-            self._slot.exact = min(self._slot.exact, valid)
+            self._slot.cut(valid)
             self.prompt_len = min(self.prompt_len, lcp(self.tokens, new))
             self.tokens = new
             self.n_kv = valid

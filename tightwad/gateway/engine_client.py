@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import grpc
 
+from tightwad.engine.contract import BatchOccupancy
+from tightwad.engine.engine_wire import batch_from_pb
 from tightwad.engine.grammar import GrammarSpec
 from tightwad.engine.spec_wire import sampling_to_pb, sparse_to_pb
 from tightwad.errors import InvalidRequestError, UnavailableError, from_grpc_status
@@ -87,6 +89,9 @@ class RemoteEngineInfo:
     bos_token_id: int
     live_sessions: int
     kind: str
+    # Live occupancy of the engine's continuous batching (all zero, ``enabled`` False, for an
+    # engine that does not batch or does not say).
+    batch: BatchOccupancy = field(default_factory=BatchOccupancy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +194,7 @@ class EngineClient:
             bos_token_id=r.bos_token_id,
             live_sessions=r.live_sessions,
             kind=engine_pb2.EngineKind.Name(r.kind),
+            batch=batch_from_pb(r),
         )
 
     async def vocabulary(self) -> tuple[list[bytes], frozenset[int], str]:

@@ -204,6 +204,7 @@ class InfoResponse(_message.Message):
     N_THREADS_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
     ENGINE_VERSION_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     model_name: _builtins.str
     architecture: _builtins.str
@@ -227,6 +228,12 @@ class InfoResponse(_message.Message):
     def eog_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """End-of-generation tokens (EOS, EOT, ...)."""
 
+    @_builtins.property
+    def batch(self) -> Global___BatchOccupancy:
+        """Live occupancy of the engine's continuous batching (unset: an engine that does not batch
+        its sessions' steps, or one older than this field).
+        """
+
     def __init__(
         self,
         *,
@@ -247,14 +254,77 @@ class InfoResponse(_message.Message):
         n_threads: _builtins.int = ...,
         path: _builtins.str = ...,
         engine_version: _builtins.str = ...,
+        batch: Global___BatchOccupancy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "capabilities", b"capabilities"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "bos_token_id", b"bos_token_id", "capabilities", b"capabilities", "engine_version", b"engine_version", "eog_token_ids", b"eog_token_ids", "kind", b"kind", "live_sessions", b"live_sessions", "model", b"model", "model_name", b"model_name", "n_ctx", b"n_ctx", "n_ctx_train", b"n_ctx_train", "n_layers", b"n_layers", "n_threads", b"n_threads", "n_vocab", b"n_vocab", "path", b"path", "placement", b"placement", "vocab_fingerprint", b"vocab_fingerprint"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "batch", b"batch", "bos_token_id", b"bos_token_id", "capabilities", b"capabilities", "engine_version", b"engine_version", "eog_token_ids", b"eog_token_ids", "kind", b"kind", "live_sessions", b"live_sessions", "model", b"model", "model_name", b"model_name", "n_ctx", b"n_ctx", "n_ctx_train", b"n_ctx_train", "n_layers", b"n_layers", "n_threads", b"n_threads", "n_vocab", b"n_vocab", "path", b"path", "placement", b"placement", "vocab_fingerprint", b"vocab_fingerprint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InfoResponse: _TypeAlias = InfoResponse  # noqa: Y015
+
+@_typing.final
+class BatchOccupancy(_message.Message):
+    """What the step batcher has done since the engine loaded: one step is one llama_decode that
+    runs the pending work (plain steps, verifies, draft steps, prefill chunks) of many sessions.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECODES_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    PREFILL_TOKENS_FIELD_NUMBER: _builtins.int
+    MEAN_SESSIONS_PER_STEP_FIELD_NUMBER: _builtins.int
+    MEAN_TOKENS_PER_STEP_FIELD_NUMBER: _builtins.int
+    RECENT_SESSIONS_PER_STEP_FIELD_NUMBER: _builtins.int
+    MAX_JOBS_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_SESSIONS_FIELD_NUMBER: _builtins.int
+    STEP_TOKEN_BUDGET_FIELD_NUMBER: _builtins.int
+    PREFILL_CHUNK_FIELD_NUMBER: _builtins.int
+    decodes: _builtins.int
+    """Steps (llama_decode calls) run."""
+    jobs: _builtins.int
+    """Session jobs served by them (a session's step, verify, draft step or prefill chunk)."""
+    tokens: _builtins.int
+    """Tokens decoded, and the prefill tokens among them."""
+    prefill_tokens: _builtins.int
+    mean_sessions_per_step: _builtins.float
+    """Sessions per step and tokens per step: since the load, and over the recent steps."""
+    mean_tokens_per_step: _builtins.float
+    recent_sessions_per_step: _builtins.float
+    max_jobs: _builtins.int
+    """The most sessions and tokens one step held."""
+    max_tokens: _builtins.int
+    max_sessions: _builtins.int
+    """Settings: sessions at most, tokens one step may hold, prefill chunk (positions)."""
+    step_token_budget: _builtins.int
+    prefill_chunk: _builtins.int
+    def __init__(
+        self,
+        *,
+        decodes: _builtins.int = ...,
+        jobs: _builtins.int = ...,
+        tokens: _builtins.int = ...,
+        prefill_tokens: _builtins.int = ...,
+        mean_sessions_per_step: _builtins.float = ...,
+        mean_tokens_per_step: _builtins.float = ...,
+        recent_sessions_per_step: _builtins.float = ...,
+        max_jobs: _builtins.int = ...,
+        max_tokens: _builtins.int = ...,
+        max_sessions: _builtins.int = ...,
+        step_token_budget: _builtins.int = ...,
+        prefill_chunk: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decodes", b"decodes", "jobs", b"jobs", "max_jobs", b"max_jobs", "max_sessions", b"max_sessions", "max_tokens", b"max_tokens", "mean_sessions_per_step", b"mean_sessions_per_step", "mean_tokens_per_step", b"mean_tokens_per_step", "prefill_chunk", b"prefill_chunk", "prefill_tokens", b"prefill_tokens", "recent_sessions_per_step", b"recent_sessions_per_step", "step_token_budget", b"step_token_budget", "tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchOccupancy: _TypeAlias = BatchOccupancy  # noqa: Y015
 
 @_typing.final
 class TokenizeRequest(_message.Message):
