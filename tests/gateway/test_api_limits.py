@@ -110,6 +110,7 @@ async def test_full_queue_is_429_at_once(start: Start) -> None:
     assert refused.status == 429
     error = (await refused.json())["error"]
     assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limit_exceeded")
+    assert refused.headers["Retry-After"] == "1"
     status = await (await gw.get("/v1/tightwad/status")).json()
     assert (status["totals"]["in_flight"], status["totals"]["queued"]) == (1, 1)
     gate.set()

@@ -62,11 +62,9 @@ def map_body(ctx: Any, body: Any) -> Any:
 def _ids_in_vocab(value: Any) -> Any:
     if isinstance(value, list):
         return [_ids_in_vocab(v) for v in value]
-    # JSON Schema's "integer" includes 3.0, which the prompt parser refuses as a token id
-    # (reported: openai_schema._is_token should take integral numbers, as _integer does);
-    # until it does, such ids are sent as the integers they are.
+    # JSON Schema's "integer" includes 3.0: an integral float stays one (the parser takes it).
     if isinstance(value, float) and value.is_integer() and value >= 0:
-        value = int(value)
+        return float(int(value) % VOCAB)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value % VOCAB
     return value

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -34,8 +36,9 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from tightwad.errors import DeadlineError, TightwadError
+from tightwad.errors import DeadlineError, OverloadedError, TightwadError
 from tightwad.gateway import responses
 from tightwad.gateway.metrics import CONTENT_TYPE, route_status
 from tightwad.gateway.openai_schema import ParsedRequest, parse_chat, parse_completion
@@ -77,6 +80,8 @@ log = get_logger(__name__)
 _OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 _OPERATOR_PATHS = frozenset({"/metrics", "/v1/tightwad/status"})
 _CLIENT_CLOSED = 499  # nginx's "client closed request", for metrics only
+# Retry-After (seconds) of a 429: a busy engine or a full queue frees a slot within a request.
+BUSY_RETRY_AFTER_S = 1
 
 
 def error_response(
@@ -91,7 +96,28 @@ def _tightwad_error_response(error: TightwadError) -> web.Response:
     response = web.json_response(error.openai_body(), status=error.http_status)
     if error.http_status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(error, OverloadedError):
+        seconds = getattr(error, "retry_after_s", None) or BUSY_RETRY_AFTER_S
+        response.headers["Retry-After"] = str(max(1, math.ceil(seconds)))
     return response
+
+
+class _MalformedRequestLine(logging.Filter):
+    """aiohttp logs its HTTP parser's refusal of a malformed request (the client got a 4xx)
+    with a traceback, one per request; this makes it the one line it deserves."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 400) < 500:
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "malformed_http_request remote=%s status=%s error=%s"
+            record.args = (remote, exc.code or 400, " ".join(str(exc.message).split())[:200])
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_MALFORMED_REQUEST_LINE = _MalformedRequestLine()
 
 
 def _http_error_response(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -403,6 +429,7 @@ def create_app(
         middlewares=[_error_middleware, _auth_middleware], client_max_size=settings.max_body_bytes
     )
     app[GATEWAY] = gateway
+    logging.getLogger("aiohttp.server").addFilter(_MALFORMED_REQUEST_LINE)  # once: same filter
     app.router.add_post("/v1/chat/completions", _chat_completions)
     app.router.add_post("/v1/completions", _completions)
     app.router.add_get("/v1/models", _list_models)

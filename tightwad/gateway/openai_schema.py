@@ -25,12 +25,23 @@ Owns :func:`parse_json_object`, :func:`parse_chat` and :func:`parse_completion`.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from tightwad.errors import InvalidRequestError, UnsupportedParameterError
+from tightwad.gateway.openai_fields import (
+    FLOAT32_MAX,
+    INT32_MAX,
+    INT64_MAX,
+    INT64_MIN,
+    boolean,
+    integer,
+    number,
+    string,
+    token_id,
+    type_error,
+)
 from tightwad.gateway.structured import parse_response_format
 from tightwad.gateway.tools.request import (
     check_tool_history,
@@ -45,7 +56,6 @@ __all__ = ["Endpoint", "Limits", "ParsedRequest", "parse_chat", "parse_completio
 
 Endpoint = Literal["chat", "completion"]
 
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _ROLES = frozenset({"system", "user", "assistant", "developer", "tool"})
 _COMMON = frozenset(
     {
@@ -146,12 +156,12 @@ def parse_chat(body: Mapping[str, Any], limits: Limits, request_id: str = "") ->
     """Validate a ``POST /v1/chat/completions`` body."""
     _check_fields(body, _CHAT_FIELDS, _CHAT_NEUTRAL)
     _check_accepted(body)
-    parallel_tool_calls = _boolean(body, "parallel_tool_calls", True)
+    parallel_tool_calls = boolean(body, "parallel_tool_calls", True)
     tools = parse_tools(body.get("tools"))
     tool_choice = parse_tool_choice(body.get("tool_choice"), tools)
     grammar = parse_response_format(body.get("response_format"))
-    logprobs = _boolean(body, "logprobs", False)
-    top_logprobs = _integer(body, "top_logprobs", 0, 20)
+    logprobs = boolean(body, "logprobs", False)
+    top_logprobs = integer(body, "top_logprobs", 0, 20)
     if top_logprobs and not logprobs:
         raise InvalidRequestError(
             "logprobs must be set to true when top_logprobs is used.", param="top_logprobs"
@@ -178,8 +188,8 @@ def parse_completion(
 ) -> ParsedRequest:
     """Validate a ``POST /v1/completions`` body."""
     _check_fields(body, _COMPLETION_FIELDS, _COMPLETION_NEUTRAL)
-    best_of = _integer(body, "best_of", 0, 20)
-    n = _integer(body, "n", 1, 128) or 1
+    best_of = integer(body, "best_of", 0, 20)
+    n = integer(body, "n", 1, 128) or 1
     if best_of is not None and best_of < n:
         raise InvalidRequestError("best_of must be greater than or equal to n.", param="best_of")
     if best_of is not None and best_of > n:
@@ -187,7 +197,7 @@ def parse_completion(
             "best_of greater than n is not supported; ask for n choices instead.",
             param="best_of",
         )
-    n_logprobs = _integer(body, "logprobs", 0, 5)
+    n_logprobs = integer(body, "logprobs", 0, 5)
     prompt, prompt_tokens = _prompt(body.get("prompt"))
     return _finish(
         "completion",
@@ -198,7 +208,7 @@ def parse_completion(
         prompt_tokens=prompt_tokens,
         logprobs=n_logprobs is not None,
         top_logprobs=n_logprobs or 0,
-        echo=_boolean(body, "echo", False),
+        echo=boolean(body, "echo", False),
     )
 
 
@@ -212,19 +222,19 @@ def _finish(
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequestError("you must provide a model parameter", param="model")
-    n = _integer(body, "n", 1, 128) or 1
+    n = integer(body, "n", 1, 128) or 1
     if n > limits.max_choices:
         raise InvalidRequestError(
             f"n is too large: {n}. This server generates at most {limits.max_choices} "
             "choices per request.",
             param="n",
         )
-    _string(body, "user")
-    stream = _boolean(body, "stream", False)
+    string(body, "user")
+    stream = boolean(body, "stream", False)
     request = GenerationRequest(
         model=model,
         sampling=_sampling(body, limits),
-        seed=_integer(body, "seed", _INT64_MIN, _INT64_MAX),
+        seed=integer(body, "seed", INT64_MIN, INT64_MAX),
         max_tokens=_max_tokens(body, limits),
         stop=_stop(body.get("stop")),
         prediction=_prediction(body.get("prediction")),
@@ -242,7 +252,7 @@ def _check_accepted(body: Mapping[str, Any]) -> None:
         if value is None or allowed is None:
             continue
         if not isinstance(value, str):
-            raise _type_error(key, "a string", value)
+            raise type_error(key, "a string", value)
         if value not in allowed:
             raise InvalidRequestError(
                 f"Invalid value for '{key}': {value!r}. Supported values are: "
@@ -250,9 +260,9 @@ def _check_accepted(body: Mapping[str, Any]) -> None:
                 + ".",
                 param=key,
             )
-    store = _boolean(body, "store", False)
+    store = boolean(body, "store", False)
     for key in ("prompt_cache_key", "safety_identifier"):
-        _string(body, key)
+        string(body, key)
     options = body.get("prompt_cache_options")
     if options is not None:
         _prompt_cache_options(options)
@@ -260,7 +270,7 @@ def _check_accepted(body: Mapping[str, Any]) -> None:
     if metadata is None:
         return
     if not isinstance(metadata, dict):
-        raise _type_error("metadata", "an object", metadata)
+        raise type_error("metadata", "an object", metadata)
     if len(metadata) > 16:
         raise InvalidRequestError(
             f"Invalid 'metadata': too many properties ({len(metadata)}); at most 16.",
@@ -273,7 +283,7 @@ def _check_accepted(body: Mapping[str, Any]) -> None:
                 param="metadata",
             )
         if not isinstance(item, str):
-            raise _type_error(f"metadata.{name}", "a string", item)
+            raise type_error(f"metadata.{name}", "a string", item)
         if len(item) > 512:
             raise InvalidRequestError(
                 f"Invalid 'metadata.{name}': longer than 512 characters.",
@@ -288,7 +298,7 @@ def _check_accepted(body: Mapping[str, Any]) -> None:
 
 def _prompt_cache_options(options: object) -> None:
     if not isinstance(options, dict):
-        raise _type_error("prompt_cache_options", "an object", options)
+        raise type_error("prompt_cache_options", "an object", options)
     enums = {"mode": ("implicit", "explicit"), "ttl": ("30m",)}
     for key, value in options.items():
         param = f"prompt_cache_options.{key}"
@@ -317,92 +327,20 @@ def _check_fields(
 
 
 # ---------------------------------------------------------------------------------------------
-# Typed field readers: each returns None when the field is absent or null.
-
-
-def _type_error(param: str, expected: str, value: object) -> InvalidRequestError:
-    return InvalidRequestError(
-        f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)}.",
-        param=param,
-    )
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else "an object"
-
-
-def _boolean(body: Mapping[str, Any], key: str, default: bool, *, param: str = "") -> bool:
-    value = body.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise _type_error(param or key, "a boolean", value)
-    return value
-
-
-def _string(body: Mapping[str, Any], key: str) -> str | None:
-    value = body.get(key)
-    if value is not None and not isinstance(value, str):
-        raise _type_error(key, "a string", value)
-    return value
-
-
-def _integer(body: Mapping[str, Any], key: str, lo: int | None, hi: int | None) -> int | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _type_error(key, "an integer", value)
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise InvalidRequestError(
-            f"Invalid value for '{key}': {value} is outside [{lo}, {hi}].", param=key
-        )
-    return value
-
-
-def _number(
-    body: Mapping[str, Any], key: str, lo: float, hi: float, *, lo_open: bool = False
-) -> float | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _type_error(key, "a number", value)
-    number = float(value)
-    below = number <= lo if lo_open else number < lo
-    if not math.isfinite(number) or below or number > hi:
-        bracket = "(" if lo_open else "["
-        raise InvalidRequestError(
-            f"Invalid value for '{key}': {value} is outside {bracket}{lo:g}, {hi:g}].", param=key
-        )
-    return number
-
-
-# ---------------------------------------------------------------------------------------------
 # Sampling and limits.
 
 
 def _sampling(body: Mapping[str, Any], limits: Limits) -> SamplingConfig:
-    temperature = _number(body, "temperature", 0.0, 2.0)
+    temperature = number(body, "temperature", 0.0, 2.0)
     values: dict[str, Any] = {
         "temperature": limits.default_temperature if temperature is None else temperature,
-        "top_p": _number(body, "top_p", 0.0, 1.0, lo_open=True),
-        "top_k": _integer(body, "top_k", 0, None),
-        "min_p": _number(body, "min_p", 0.0, 1.0),
-        "repeat_penalty": _number(body, "repeat_penalty", 0.0, math.inf, lo_open=True),
-        "penalty_last_n": _integer(body, "penalty_last_n", -1, None),
-        "presence_penalty": _number(body, "presence_penalty", -2.0, 2.0),
-        "frequency_penalty": _number(body, "frequency_penalty", -2.0, 2.0),
+        "top_p": number(body, "top_p", 0.0, 1.0, lo_open=True),
+        "top_k": integer(body, "top_k", 0, INT32_MAX),
+        "min_p": number(body, "min_p", 0.0, 1.0),
+        "repeat_penalty": number(body, "repeat_penalty", 0.0, FLOAT32_MAX, lo_open=True),
+        "penalty_last_n": integer(body, "penalty_last_n", -1, INT32_MAX),
+        "presence_penalty": number(body, "presence_penalty", -2.0, 2.0),
+        "frequency_penalty": number(body, "frequency_penalty", -2.0, 2.0),
         "logit_bias": _logit_bias(body.get("logit_bias")),
     }
     given = {name: value for name, value in values.items() if value is not None}
@@ -417,15 +355,20 @@ def _logit_bias(value: object) -> dict[int, float] | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise _type_error("logit_bias", "an object", value)
+        raise type_error("logit_bias", "an object", value)
     bias: dict[int, float] = {}
     for key, amount in value.items():
         if not (isinstance(key, str) and key.isascii() and key.isdigit()):
             raise InvalidRequestError(
                 f"Invalid key in 'logit_bias': {key!r} is not a token id.", param="logit_bias"
             )
+        if int(key) > INT32_MAX:
+            raise InvalidRequestError(
+                f"Invalid key in 'logit_bias': {key} is above the largest token id ({INT32_MAX}).",
+                param="logit_bias",
+            )
         if isinstance(amount, bool) or not isinstance(amount, int | float):
-            raise _type_error(f"logit_bias.{key}", "a number", amount)
+            raise type_error(f"logit_bias.{key}", "a number", amount)
         if not -100.0 <= float(amount) <= 100.0:
             raise InvalidRequestError(
                 f"Invalid value in 'logit_bias': {amount} is outside [-100, 100].",
@@ -437,8 +380,8 @@ def _logit_bias(value: object) -> dict[int, float] | None:
 
 def _max_tokens(body: Mapping[str, Any], limits: Limits) -> int:
     chosen_key = "max_completion_tokens"
-    chosen = _integer(body, chosen_key, 1, None)
-    plain = _integer(body, "max_tokens", 1, None)
+    chosen = integer(body, chosen_key, 1, None)
+    plain = integer(body, "max_tokens", 1, None)
     if chosen is None:
         chosen_key, chosen = "max_tokens", plain
     if chosen is None:
@@ -458,7 +401,7 @@ def _stop(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,) if value else ()
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise _type_error("stop", "a string or an array of strings", value)
+        raise type_error("stop", "a string or an array of strings", value)
     if len(value) > 4:
         raise InvalidRequestError("'stop' accepts at most 4 sequences.", param="stop")
     return tuple(item for item in value if item)
@@ -474,15 +417,15 @@ def _include_usage(body: Mapping[str, Any], stream: bool) -> bool:
             param="stream_options",
         )
     if not isinstance(options, dict):
-        raise _type_error("stream_options", "an object", options)
+        raise type_error("stream_options", "an object", options)
     for key in options:
         if key not in {"include_usage", "include_obfuscation"}:
             raise InvalidRequestError(
                 f"Unrecognized argument in 'stream_options': {key}",
                 param=f"stream_options.{key}",
             )
-    _boolean(options, "include_obfuscation", False, param="stream_options.include_obfuscation")
-    return _boolean(options, "include_usage", False, param="stream_options.include_usage")
+    boolean(options, "include_obfuscation", False, param="stream_options.include_obfuscation")
+    return boolean(options, "include_usage", False, param="stream_options.include_usage")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,12 +437,12 @@ def _text_parts(value: object, param: str) -> str:
     if isinstance(value, str):
         return value
     if not isinstance(value, list):
-        raise _type_error(param, "a string or an array of content parts", value)
+        raise type_error(param, "a string or an array of content parts", value)
     texts: list[str] = []
     for j, part in enumerate(value):
         where = f"{param}[{j}]"
         if not isinstance(part, dict):
-            raise _type_error(where, "an object", part)
+            raise type_error(where, "an object", part)
         kind = part.get("type")
         if kind != "text":
             if isinstance(kind, str):
@@ -507,7 +450,7 @@ def _text_parts(value: object, param: str) -> str:
                     f"Content parts of type '{kind}' are not supported; only 'text' is.",
                     param=f"{where}.type",
                 )
-            raise _type_error(f"{where}.type", "a string", kind)
+            raise type_error(f"{where}.type", "a string", kind)
         extra = set(part) - {"type", "text"}
         if extra:
             name = sorted(extra)[0]
@@ -516,7 +459,7 @@ def _text_parts(value: object, param: str) -> str:
             )
         text = part.get("text")
         if not isinstance(text, str):
-            raise _type_error(f"{where}.text", "a string", text)
+            raise type_error(f"{where}.text", "a string", text)
         texts.append(text)
     return "".join(texts)
 
@@ -525,7 +468,7 @@ def _messages(value: object) -> tuple[ChatMessage, ...]:
     if value is None:
         raise InvalidRequestError("Missing required parameter: 'messages'.", param="messages")
     if not isinstance(value, list):
-        raise _type_error("messages", "an array", value)
+        raise type_error("messages", "an array", value)
     if not value:
         raise InvalidRequestError(
             "Invalid 'messages': empty array. Expected an array with at least one message.",
@@ -536,7 +479,7 @@ def _messages(value: object) -> tuple[ChatMessage, ...]:
 
 def _message(value: object, param: str) -> ChatMessage:
     if not isinstance(value, dict):
-        raise _type_error(param, "an object", value)
+        raise type_error(param, "an object", value)
     for key, item in value.items():
         if key in {"function_call", "audio"} and item is not None:
             raise UnsupportedParameterError(
@@ -549,7 +492,7 @@ def _message(value: object, param: str) -> ChatMessage:
             )
     role = value.get("role")
     if not isinstance(role, str):
-        raise _type_error(f"{param}.role", "a string", role)
+        raise type_error(f"{param}.role", "a string", role)
     if role not in _ROLES:
         raise InvalidRequestError(
             f"Invalid value for role: '{role}'. Supported values are: "
@@ -572,7 +515,7 @@ def _message(value: object, param: str) -> ChatMessage:
     content = value.get("content")
     if content is None and role == "assistant":
         content = ""
-    name = _string(value, "name") or ""
+    name = string(value, "name") or ""
     return ChatMessage(
         role=role,
         content=_text_parts(content, f"{param}.content"),
@@ -586,11 +529,11 @@ def _prompt(value: object) -> tuple[str | None, tuple[int, ...] | None]:
     if value is None:
         raise InvalidRequestError("Missing required parameter: 'prompt'.", param="prompt")
     if isinstance(value, str):
-        return value, None
+        return _prompt_text(value), None
     if not isinstance(value, list) or not value:
-        raise _type_error("prompt", "a string, an array of token ids or an array of strings", value)
-    if all(_is_token(item) for item in value):
-        return None, tuple(value)
+        raise type_error("prompt", _PROMPT_TYPES, value)
+    if all(_is_number(item) for item in value):
+        return None, _token_ids(value)
     if len(value) > 1 and all(isinstance(item, str | list) for item in value):
         raise UnsupportedParameterError(
             "Batches of several prompts are not supported; send one prompt per request.",
@@ -598,21 +541,46 @@ def _prompt(value: object) -> tuple[str | None, tuple[int, ...] | None]:
         )
     only = value[0]
     if isinstance(only, str):
-        return only, None
-    if isinstance(only, list) and only and all(_is_token(item) for item in only):
-        return None, tuple(only)
-    raise _type_error("prompt", "a string, an array of token ids or an array of strings", value)
+        return _prompt_text(only), None
+    if isinstance(only, list) and only and all(_is_number(item) for item in only):
+        return None, _token_ids(only)
+    raise type_error("prompt", _PROMPT_TYPES, value)
 
 
-def _is_token(item: object) -> bool:
-    return isinstance(item, int) and not isinstance(item, bool) and item >= 0
+_PROMPT_TYPES = "a string, an array of token ids or an array of strings"
+
+
+def _prompt_text(text: str) -> str:
+    if not text:
+        raise InvalidRequestError("Invalid 'prompt': the prompt is empty.", param="prompt")
+    return text
+
+
+def _is_number(item: object) -> bool:
+    return isinstance(item, int | float) and not isinstance(item, bool)
+
+
+def _token_ids(items: list[Any]) -> tuple[int, ...]:
+    """Token ids: integers (or integral floats, as JSON Schema counts integers) from 0 to
+    2^31 - 1; whether the route's model has them is the engine's to say."""
+    ids = []
+    for i, item in enumerate(items):
+        tok = token_id(item)
+        if tok is None:
+            raise InvalidRequestError(
+                f"Invalid 'prompt[{i}]': {item} is not a token id (an integer from 0 to "
+                f"{INT32_MAX}).",
+                param="prompt",
+            )
+        ids.append(tok)
+    return tuple(ids)
 
 
 def _prediction(value: object) -> str | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise _type_error("prediction", "an object", value)
+        raise type_error("prediction", "an object", value)
     if value.get("type") != "content":
         raise InvalidRequestError(
             "Invalid value for 'prediction.type': only 'content' is supported.",

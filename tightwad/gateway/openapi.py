@@ -290,7 +290,7 @@ _REASONS = {
     404: "a model never configured (or removed), or an unknown URL",
     408: "the request body did not arrive in time",
     413: "request body too large",
-    429: "queue full",
+    429: "the route's queue is full or its engine is busy; retry after",
     500: "internal error",
     503: "the route is known but does not serve now (its state is named); retry after",
     504: "deadline exceeded",
@@ -299,10 +299,12 @@ _REASONS = {
 
 def _error_response(status: int) -> dict[str, Any]:
     response = _json_body(_ref("Error"), _REASONS[status])
-    if status == 503:
+    if status in (429, 503):
         response["headers"] = {
             "Retry-After": {
-                "description": "seconds until the route is expected to serve again",
+                "description": "seconds until the route is expected to serve again"
+                if status == 503
+                else "seconds after which a retry may find a free slot",
                 "schema": {"type": "string", "pattern": "^[0-9]+$"},
             }
         }

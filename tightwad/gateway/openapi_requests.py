@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tightwad.gateway.openai_fields import FLOAT32_MAX, INT32_MAX, INT64_MAX, INT64_MIN
 from tightwad.gateway.openai_schema import Limits
 
 __all__ = ["chat_request", "completion_request"]
@@ -32,7 +33,13 @@ def _only_null(description: str) -> dict[str, Any]:
     return {"type": "null", "description": description}
 
 
-_FLOAT32_MAX = 3.4028234663852886e38
+# A token id (a logit_bias key): a decimal integer from 0 to 2^31 - 1, leading zeros allowed.
+_TOKEN_ID_PATTERN = (
+    "^0*([0-9]{1,9}|1[0-9]{9}|20[0-9]{8}|21[0-3][0-9]{7}|214[0-6][0-9]{6}|2147[0-3][0-9]{5}"
+    "|21474[0-7][0-9]{4}|214748[0-2][0-9]{3}|2147483[0-5][0-9]{2}|21474836[0-3][0-9]"
+    "|214748364[0-7])$"
+)
+_TOKEN_ID = {"type": "integer", "minimum": 0, "maximum": INT32_MAX}
 _NAME = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
 _TEXT_PART = {
     "type": "object",
@@ -79,28 +86,28 @@ def _common(limits: Limits) -> dict[str, Any]:
         "max_completion_tokens": nullable(tokens),
         "temperature": nullable({"type": "number", "minimum": 0, "maximum": 2}),
         "top_p": nullable({"type": "number", "exclusiveMinimum": 0, "maximum": 1}),
-        "top_k": nullable({"type": "integer", "minimum": 0}),
+        "top_k": nullable({"type": "integer", "minimum": 0, "maximum": INT32_MAX}),
         "min_p": nullable({"type": "number", "minimum": 0, "maximum": 1}),
         "repeat_penalty": nullable(
             {
                 "type": "number",
                 "exclusiveMinimum": 0,
-                "maximum": _FLOAT32_MAX,
+                "maximum": FLOAT32_MAX,
                 "description": "a 32-bit float: engines sample in float32",
             }
         ),
-        "penalty_last_n": nullable({"type": "integer", "minimum": -1}),
+        "penalty_last_n": nullable({"type": "integer", "minimum": -1, "maximum": INT32_MAX}),
         "presence_penalty": nullable({"type": "number", "minimum": -2, "maximum": 2}),
         "frequency_penalty": nullable({"type": "number", "minimum": -2, "maximum": 2}),
         "logit_bias": nullable(
             {
                 "type": "object",
-                "propertyNames": {"pattern": "^[0-9]+$"},
+                "propertyNames": {"pattern": _TOKEN_ID_PATTERN},
                 "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
                 "description": "token id -> bias; ids the model does not have are refused",
             }
         ),
-        "seed": nullable({"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}),
+        "seed": nullable({"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX}),
         "stop": nullable(
             {
                 "anyOf": [
@@ -310,7 +317,7 @@ def chat_request(limits: Limits) -> dict[str, Any]:
     }
 
 
-_TOKENS = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
+_TOKENS = {"type": "array", "minItems": 1, "items": _TOKEN_ID}
 _PROMPT_TEXT = {"type": "string", "minLength": 1, "description": "engines refuse an empty prompt"}
 
 
