@@ -2,7 +2,8 @@
 
     python -m tightwad.agent.engine_host --listen HOST:PORT --model PATH [--model-id ID]
         [--ctx-size N] [--threads N] [--max-sessions N] [--batch-size N] [--gpu-layers auto|N]
-        [--devices RPC[h:p],...] [--tensor-split a,b,...] [--log-level LEVEL]
+        [--devices RPC[h:p],...] [--tensor-split a,b,...] [--[no-]batch-steps]
+        [--open-wait-s S] [--prefill-chunk N] [--log-level LEVEL]
 
 (also ``tightwad-agent --engine-only ...``). The agent's Supervisor runs it as a
 ``PROCESS_KIND_ENGINE_HOST`` child: llama.cpp's RPC backend calls ``GGML_ABORT`` when a remote
@@ -39,7 +40,7 @@ import signal
 import socket
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -70,6 +71,7 @@ EXIT_RPC_PEER_LOST = 75  # EX_TEMPFAIL: restart me against live rpc-servers
 EXIT_ORPHANED = 70
 _WATCH_INTERVAL_S = 0.5
 _TCP_ESTABLISHED = "01"
+_ENGINE = {f.name: f.default for f in fields(EngineConfig)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +107,26 @@ def _gpu_layers(text: str) -> int | Literal["auto"]:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def _devices(text: str) -> tuple[str, ...]:
     return tuple(d.strip() for d in text.split(",") if d.strip())
 
@@ -136,12 +158,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tensor-split", type=_floats, default=(), help="share per device, a,b,...")
     p.add_argument("--no-flash-attn", action="store_true", help="disable flash attention")
+    p.add_argument(
+        "--batch-steps",
+        action=argparse.BooleanOptionalAction,
+        default=_ENGINE["batch_steps"],
+        help="one forward pass for the pending work of all sessions (engine.batch_steps)",
+    )
+    p.add_argument(
+        "--open-wait-s",
+        type=_positive_seconds,
+        default=_ENGINE["open_wait_s"],
+        help="how long a new session waits for a free one before 429 (engine.open_wait_s)",
+    )
+    p.add_argument(
+        "--prefill-chunk",
+        type=_positive_int,
+        default=_ENGINE["prefill_chunk"],
+        help="prompt positions prefilled per step, and the cached-prefix alignment",
+    )
     p.add_argument("--log-level", default="info")
     return p
 
 
 def settings_from_args(ns: argparse.Namespace, env: dict[str, str]) -> EngineHostSettings:
     model = Path(ns.model).expanduser()
+    if ns.prefill_chunk > ns.batch_size:
+        raise argparse.ArgumentTypeError(
+            f"--prefill-chunk {ns.prefill_chunk} is larger than --batch-size {ns.batch_size} "
+            "(a chunk is decoded in one batch)"
+        )
     if ns.tensor_split and len(ns.tensor_split) != len(ns.devices):
         raise argparse.ArgumentTypeError(
             f"--tensor-split has {len(ns.tensor_split)} values for {len(ns.devices)} device(s)"
@@ -157,6 +202,9 @@ def settings_from_args(ns: argparse.Namespace, env: dict[str, str]) -> EngineHos
         flash_attn=not ns.no_flash_attn,
         devices=ns.devices,
         tensor_split=ns.tensor_split,
+        batch_steps=ns.batch_steps,
+        open_wait_s=ns.open_wait_s,
+        prefill_chunk=ns.prefill_chunk,
     )
     return EngineHostSettings(
         listen=ns.listen, engine=engine, token=env.get(TOKEN_ENV) or None, tls=tls_from_env(env)

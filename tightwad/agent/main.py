@@ -89,6 +89,9 @@ def _engine(ns: argparse.Namespace, cfg: ClusterConfig) -> tuple[EngineConfig, .
             threads=ns.threads or cfg.engine.threads or 0,
             gpu_layers=cfg.engine.n_gpu_layers,
             batch_size=cfg.engine.batch_size,
+            batch_steps=cfg.engine.batch_steps,
+            open_wait_s=cfg.engine.open_wait_s,
+            prefill_chunk=cfg.engine.prefill_chunk,
         ),
     )
 
@@ -124,6 +127,9 @@ def settings_from_config(cfg: ClusterConfig, ns: argparse.Namespace) -> AgentSet
             max_sessions=ns.max_sessions or cfg.engine.max_sessions,
             batch_size=cfg.engine.batch_size,
             threads=ns.threads or cfg.engine.threads or 0,
+            batch_steps=cfg.engine.batch_steps,
+            open_wait_s=cfg.engine.open_wait_s,
+            prefill_chunk=cfg.engine.prefill_chunk,
         ),
         tls=cfg.cluster.tls,
     )

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import grpc
@@ -56,6 +56,7 @@ _DEFAULT_WATCH_S = 10.0
 _MIN_WATCH_S = 1.0
 _PROGRESS_STEP = 0.05
 _PROGRESS_POLL_S = 0.25
+_ENGINE = {f.name: f.default for f in fields(EngineConfig)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,10 @@ class LoadDefaults:
     max_sessions: int = 4
     batch_size: int = 512
     threads: int = 0
+    # Not on the wire at all: always these (the engine's own defaults unless the file says).
+    batch_steps: bool = _ENGINE["batch_steps"]
+    open_wait_s: float = _ENGINE["open_wait_s"]
+    prefill_chunk: int = _ENGINE["prefill_chunk"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +283,9 @@ def _load_request(msg: agent_pb2.LoadModelRequest, defaults: LoadDefaults) -> Lo
         flash_attn=msg.flash_attn,
         batch_size=msg.batch_size or defaults.batch_size,
         tensor_split=tuple(msg.tensor_split),
+        batch_steps=defaults.batch_steps,
+        open_wait_s=defaults.open_wait_s,
+        prefill_chunk=defaults.prefill_chunk,
     )
     return LoadRequest(config=cfg, devices=tuple(msg.devices))
 

@@ -31,6 +31,7 @@ def check(doc: Document, config: ClusterConfig) -> None:
     _check_rpc_ports(doc, config)
     _check_rpc_binds(doc, config)
     _check_controller(doc, config.controller)
+    _check_engine(doc, config)
     _check_upstream_urls(doc, config)
     cluster = config.cluster
     if cluster.private_network is not None and cluster.private_interface is not None:
@@ -132,6 +133,29 @@ def _check_controller(doc: Document, controller: ControllerConfig) -> None:
             if doc.line("controller.heartbeat_timeout_s")
             else "controller",
         )
+
+
+def _check_engine(doc: Document, config: ClusterConfig) -> None:
+    """A prefill chunk is decoded in one batch: it must fit in ``batch_size``."""
+    engine = config.engine
+    if engine.prefill_chunk <= engine.batch_size:
+        return
+    written = doc.data.get("engine") if isinstance(doc.data, dict) else None
+    if (
+        not isinstance(written, dict)
+        or written.get("batch_size") is None
+        or (written.get("prefill_chunk") is not None)
+    ):
+        raise doc.error(
+            "engine.prefill_chunk",
+            f"must not be larger than engine.batch_size ({engine.batch_size}): a prefill "
+            f"chunk is decoded in one batch, got {engine.prefill_chunk}",
+        )
+    raise doc.error(
+        "engine.batch_size",
+        f"must be at least engine.prefill_chunk ({engine.prefill_chunk}): a prefill chunk is "
+        f"decoded in one batch, got {engine.batch_size}",
+    )
 
 
 # --- addresses -----------------------------------------------------------------------------

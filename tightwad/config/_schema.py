@@ -35,11 +35,12 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
+from tightwad.engine import engine_config
 from tightwad.url_policy import UrlPolicy
 
 __all__ = [
@@ -105,6 +106,9 @@ HTTP_BACKENDS: tuple[HttpBackend, ...] = ("llamacpp", "ollama", "openai")
 FlashAttn = Literal["on", "off", "auto"]
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+_ENGINE_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {f.name: f.default for f in fields(engine_config.EngineConfig)}
+)
 _STATE_PATH = Path("~/.local/state/tightwad/controller.sqlite").expanduser()
 _MODEL_DIRS = (Path("~/models").expanduser(),)
 
@@ -373,6 +377,7 @@ class GatewayConfig:
     request_timeout_s: float = 600.0
     body_timeout_s: float = 30.0
     metrics_allow: tuple[IPNetwork, ...] = _LOOPBACK
+    max_choices: int = 8  # the largest ``n`` (choices) one request may ask for
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,9 +390,17 @@ class EngineConfig:
 
     threads: int | None = None
     ctx_size: int = 8192
+    # Tokens one forward pass takes at most (llama.cpp's n_batch); with ``batch_steps`` it is
+    # the step's token budget that the sessions' steps and prefill chunks share.
     batch_size: int = 512
     max_sessions: int = 4
     n_gpu_layers: int | Literal["auto"] = "auto"
+    # The engine's own defaults (tightwad.engine.engine_config.EngineConfig, where they are
+    # explained): one forward pass for all sessions, the wait of an Open for a free session,
+    # and the prefill chunk (a multiple of which a cached prefix is reused up to).
+    batch_steps: bool = _ENGINE_DEFAULTS["batch_steps"]
+    open_wait_s: float = _ENGINE_DEFAULTS["open_wait_s"]
+    prefill_chunk: int = _ENGINE_DEFAULTS["prefill_chunk"]
 
 
 @dataclass(frozen=True, slots=True)

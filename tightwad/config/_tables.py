@@ -225,12 +225,16 @@ AGENTS = {
     "binaries_dir": Field(local_path),
     "hosts": Field(list_of(section(AGENT_HOST, AgentHost)), ()),
 }
+_engine = EngineConfig()
 ENGINE = {
     "threads": Field(integer(1)),
     "ctx_size": Field(integer(1), 8192),
     "batch_size": Field(integer(1), 512),
     "max_sessions": Field(integer(1), 4),
-    "n_gpu_layers": Field(gpu_layers, EngineConfig().n_gpu_layers),
+    "n_gpu_layers": Field(gpu_layers, _engine.n_gpu_layers),
+    "batch_steps": Field(boolean, _engine.batch_steps),
+    "open_wait_s": Field(number(positive=True), _engine.open_wait_s),
+    "prefill_chunk": Field(integer(1), _engine.prefill_chunk),
 }
 
 
@@ -248,6 +252,7 @@ def gateway_table(proxy: ProxyConfig | None) -> dict[str, Field]:
         "request_timeout_s": Field(number(positive=True), base.request_timeout_s),
         "body_timeout_s": Field(number(positive=True), base.body_timeout_s),
         "metrics_allow": Field(network_list, base.metrics_allow),
+        "max_choices": Field(integer(1, 128), base.max_choices),
     }
 
 

@@ -126,6 +126,9 @@ class _Builder:
                 threads=e.threads or 0,
                 gpu_layers=e.n_gpu_layers,
                 batch_size=e.batch_size,
+                batch_steps=e.batch_steps,
+                open_wait_s=e.open_wait_s,
+                prefill_chunk=e.prefill_chunk,
             )
         return ref.name
 
