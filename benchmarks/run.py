@@ -50,6 +50,10 @@ SCENARIOS: dict[str, tuple[str, str]] = {
         "benchmarks.scenarios.controller",
         "controller CPU and heartbeat latency with 500 simulated agents; placement time",
     ),
+    "batching": (
+        "benchmarks.scenarios.batching",
+        "1/2/4/8 concurrent streaming clients (plain and n-gram) vs llama-server -np N",
+    ),
     "cost-model": (
         "benchmarks.costmodel",
         "fit the cost model to the latest results; predicted vs measured; GPU projection",

@@ -1,15 +1,25 @@
-"""Scenario ``batching``: N concurrent streaming clients through the real gateway (embedded
-engine on an agent, continuous batching on) vs ``llama-server -np 4`` (its continuous batching),
-same model, threads and prompts, one run; aggregate tok/s per N as a ratio to llama-server's.
+"""Scenario ``batching`` (issue 15's ``concurrency``): N concurrent streaming clients through
+the real gateway (embedded engine on an agent, continuous batching on) vs ``llama-server -np
+N`` (its continuous batching), same model, threads and prompts, one run.
 
-Each round starts N clients at once, each streaming a different greedy prompt of the suite;
-aggregate tok/s = completion tokens of the round / the round's wall time (prefill included:
-a round is what a client population sees). Rounds alternate the system order.
+Workloads, per N:
+- ``mixed``: N clients each streaming a different greedy prompt of the suite (no edit prompts);
+  Tightwad's plain route (``tightwad``) vs ``llama-server``.
+- ``edit``: N clients streaming edit prompts (code to rewrite: the answer repeats the prompt);
+  Tightwad's n-gram route (``tightwad-ngram``) vs llama-server's plain batching
+  (``llama-server-edit``).
 
-``python -m benchmarks.scenarios.batching [--clients 1,2,4] [--rounds 2] [--max-tokens 64]``
-(``benchmarks.run`` registers it as ``batching`` once listed in its SCENARIOS).
+Each round starts N clients at once; aggregate tok/s = completion tokens of the round / the
+round's wall time (prefill included: a round is what a client population sees); TTFT p50/p99
+over every request of every round at that N. Rounds alternate the system order. llama-server
+is restarted with ``-np N`` for each N; the gateway stack serves up to max(N) sessions.
 
-Target (issue 15): aggregate >= 1.0x llama-server at every N, >= 0.97x at N = 1.
+``python -m benchmarks.run batching [--clients 1,2,4,8] [--rounds 2] [--max-tokens 96]``
+(or ``python -m benchmarks.scenarios.batching``).
+
+Targets (issue 15): aggregate >= 1.0x llama-server at every N and >= 0.97x at N = 1; n-gram on
+edit prompts >= 1.3x llama-server's plain batching at N = 4; TTFT p99 at N = 8 no worse than
+llama-server's.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Sequence
+from statistics import quantiles
 from typing import Any
 
 import openai
@@ -31,21 +42,42 @@ from benchmarks.stacks import Route, gateway_stack, llama_server
 from tightwad.fetch_models import ensure_model
 
 NAME = "batching"
-SYSTEMS = ("tightwad", "llama-server")
+# system -> (workload, endpoint key, model name on that endpoint)
+SYSTEMS: dict[str, tuple[str, str, str]] = {
+    "tightwad": ("mixed", "gateway", "none"),
+    "llama-server": ("mixed", "llama-server", "m"),
+    "tightwad-ngram": ("edit", "gateway", "ngram"),
+    "llama-server-edit": ("edit", "llama-server", "m"),
+}
+PAIRS = (("tightwad", "llama-server"), ("tightwad-ngram", "llama-server-edit"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="qwen2.5-coder-0.5b", help="tightwad.fetch_models name")
-    p.add_argument("--clients", default="1,2,4", help="comma-separated client counts")
+    p.add_argument("--model", default="qwen2.5-coder-1.5b", help="tightwad.fetch_models name")
+    p.add_argument("--clients", default="1,2,4,8", help="comma-separated client counts")
     p.add_argument("--rounds", type=int, default=2, help="rounds per N and system")
-    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--slots", type=int, default=4, help="llama-server -np / engine sessions")
+    p.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        help=f"comma-separated subset of {', '.join(SYSTEMS)}",
+    )
 
 
-def _prompts(n: int, round_: int) -> list[Prompt]:
-    greedy = [p for p in select(None, 2) if not p.sampled]
-    return [greedy[(round_ * n + i) % len(greedy)] for i in range(n)]
+def pct(xs: Sequence[float], q: int) -> float:
+    """The q-th percentile (q in 1..99); 0 for no values."""
+    if len(xs) < 2:
+        return xs[0] if xs else 0.0
+    return quantiles(xs, n=100, method="inclusive")[q - 1]
+
+
+def _prompts(workload: str, n: int, round_: int) -> list[Prompt]:
+    if workload == "edit":
+        pool = select(("edit",), 100)
+    else:
+        pool = [p for p in select(None, 2) if not p.sampled and p.kind != "edit"]
+    return [pool[(round_ * n + i) % len(pool)] for i in range(n)]
 
 
 async def _round(
@@ -58,9 +90,47 @@ async def _round(
     return time.perf_counter() - t0, list(results)
 
 
+# agg[system][n]: (tokens, wall_s) of each round; ttft[system][n]: seconds of each request
+Agg = dict[str, dict[int, list[tuple[int, float]]]]
+Ttft = dict[str, dict[int, list[float]]]
+
+
+async def _rounds_at(
+    n: int,
+    args: argparse.Namespace,
+    systems: Sequence[str],
+    clients: dict[str, openai.AsyncOpenAI],
+    report: Report,
+    agg: Agg,
+    ttft: Ttft,
+) -> None:
+    for r in range(args.rounds):
+        order = list(systems) if r % 2 == 0 else list(systems)[::-1]
+        for s in order:
+            workload, endpoint, model = SYSTEMS[s]
+            prompts = _prompts(workload, n, r)
+            wall, results = await _round(clients[endpoint], s, model, prompts, args.max_tokens)
+            for res in results:
+                res.prompt = f"{res.prompt}@N={n}"
+            report.requests += results
+            tokens = sum(x.completion_tokens for x in results)
+            agg[s][n].append((tokens, wall))
+            ttft[s][n] += [x.ttft_s for x in results if not x.error and x.completion_tokens]
+            errors = [x.error for x in results if x.error]
+            print(
+                f"N={n} round {r} {s}: {tokens / wall:.1f} tok/s aggregate"
+                + (f" ERRORS {errors}" if errors else ""),
+                file=sys.stderr,
+            )
+
+
 async def run(args: argparse.Namespace) -> Report:
     model = ensure_model(args.model)
     counts = [int(c) for c in args.clients.split(",") if c.strip()]
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown or not counts or min(counts) < 1:
+        raise SystemExit(f"bad --systems {unknown} or --clients {args.clients!r}")
     report = Report(
         scenario=NAME,
         machine=machine_facts(),
@@ -70,67 +140,48 @@ async def run(args: argparse.Namespace) -> Report:
             "max_tokens": args.max_tokens,
             "clients": counts,
             "rounds": args.rounds,
-            "slots": args.slots,
+            "systems": systems,
         },
-        baseline="llama-server",
+        baseline={"tightwad": "llama-server", "tightwad-ngram": "llama-server-edit"},
     )
-    log_dir = RESULTS / NAME / "logs"
+    log_dir = (getattr(args, "out", None) or RESULTS) / NAME / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    # agg[system][n]: (tokens, wall_s) of each round
-    agg: dict[str, dict[int, list[tuple[int, float]]]] = {
-        s: {n: [] for n in counts} for s in SYSTEMS
-    }
-    async with (
-        gateway_stack(
-            model,
-            [Route("none", "none")],
-            threads=args.threads,
-            ctx_size=2048,
-            max_sessions=max(args.slots, max(counts)),
-        ) as gw,
-        llama_server(
-            model,
-            threads=args.threads,
-            ctx_size=2048 * args.slots,
-            extra=["-np", str(args.slots)],
-            log_path=log_dir / "llama-server.log",
-        ) as ls,
-    ):
-        endpoints = {
-            "tightwad": (f"{gw.url}/v1", "none"),
-            "llama-server": (f"{ls}/v1", "m"),
-        }
-        clients = {
-            s: openai.AsyncOpenAI(base_url=u, api_key="bench", max_retries=0, timeout=600.0)
-            for s, (u, _m) in endpoints.items()
-        }
+    agg: Agg = {s: {n: [] for n in counts} for s in systems}
+    ttft: Ttft = {s: {n: [] for n in counts} for s in systems}
+    warm = Prompt("warm-up", "warm-up", "Say hello.")
+    async with gateway_stack(
+        model,
+        [Route("none", "none"), Route("ngram", "ngram")],
+        threads=args.threads,
+        ctx_size=2048,
+        max_sessions=max(counts),
+    ) as gw:
+        gateway = openai.AsyncOpenAI(
+            base_url=f"{gw.url}/v1", api_key="bench", max_retries=0, timeout=600.0
+        )
         try:
-            warm = Prompt("warm-up", "warm-up", "Say hello.")
-            for s, (_u, m) in endpoints.items():
-                await stream_chat(clients[s], s, warm, model=m, max_tokens=8)
+            for route in ("none", "ngram"):
+                await stream_chat(gateway, "warm-up", warm, model=route, max_tokens=8)
             for n in counts:
-                for r in range(args.rounds):
-                    order = SYSTEMS if r % 2 == 0 else SYSTEMS[::-1]
-                    prompts = _prompts(n, r)
-                    for s in order:
-                        wall, results = await _round(
-                            clients[s], s, endpoints[s][1], prompts, args.max_tokens
-                        )
-                        for res in results:
-                            res.prompt = f"{res.prompt}@N={n}"
-                        report.requests += results
-                        tokens = sum(x.completion_tokens for x in results)
-                        agg[s][n].append((tokens, wall))
-                        errors = [x.error for x in results if x.error]
-                        print(
-                            f"N={n} round {r} {s}: {tokens / wall:.1f} tok/s aggregate"
-                            + (f" ERRORS {errors}" if errors else ""),
-                            file=sys.stderr,
-                        )
+                async with llama_server(
+                    model,
+                    threads=args.threads,
+                    ctx_size=2048 * n,
+                    extra=["-np", str(n)],
+                    log_path=log_dir / f"llama-server-np{n}.log",
+                ) as ls:
+                    server = openai.AsyncOpenAI(
+                        base_url=f"{ls}/v1", api_key="bench", max_retries=0, timeout=600.0
+                    )
+                    try:
+                        await stream_chat(server, "warm-up", warm, model="m", max_tokens=8)
+                        clients = {"gateway": gateway, "llama-server": server}
+                        await _rounds_at(n, args, systems, clients, report, agg, ttft)
+                    finally:
+                        await server.close()
         finally:
-            for c in clients.values():
-                await c.close()
-    _summarize(report, agg, counts)
+            await gateway.close()
+    _summarize(report, agg, ttft, counts, systems)
     return report
 
 
@@ -140,40 +191,78 @@ def _tps(rounds: list[tuple[int, float]]) -> float:
     return tokens / wall if wall else 0.0
 
 
-def _summarize(
-    report: Report, agg: dict[str, dict[int, list[tuple[int, float]]]], counts: list[int]
-) -> None:
+def _summarize(report: Report, agg: Agg, ttft: Ttft, counts: list[int], systems: list[str]) -> None:
     rows: list[list[Any]] = []
-    series = []
-    for s in SYSTEMS:
-        series.append((s, counts, [round(_tps(agg[s][n]), 2) for n in counts]))
-    for n in counts:
-        tw, ls = _tps(agg["tightwad"][n]), _tps(agg["llama-server"][n])
-        ratio = tw / ls if ls else None
-        rows.append([n, f"{tw:.2f}", f"{ls:.2f}", f"{ratio:.2f}x" if ratio else "n/a"])
-        goal = 0.97 if n == 1 else 1.0
-        report.target(
-            f"aggregate tok/s vs llama-server -np at N={n}",
-            ratio,
-            f">= {goal}x",
-            None if ratio is None else ratio >= goal,
-        )
+    for s in systems:
+        for n in counts:
+            t = ttft[s][n]
+            rows.append(
+                [
+                    s,
+                    n,
+                    f"{_tps(agg[s][n]):.2f}",
+                    f"{pct(t, 50) * 1000:.0f}",
+                    f"{pct(t, 99) * 1000:.0f}",
+                ]
+            )
     report.tables.append(
         (
-            "Aggregate tok/s by concurrent clients (same run)",
-            ["clients", "tightwad tok/s", "llama-server tok/s", "ratio"],
+            "Aggregate tok/s and TTFT by concurrent clients (same run)",
+            ["system", "clients", "aggregate tok/s", "TTFT p50 ms", "TTFT p99 ms"],
             rows,
         )
     )
+    ratios: list[list[Any]] = []
+    for ours, theirs in PAIRS:
+        if ours not in systems or theirs not in systems:
+            continue
+        for n in counts:
+            tw, ls = _tps(agg[ours][n]), _tps(agg[theirs][n])
+            ratio = tw / ls if ls else None
+            ratios.append([ours, theirs, n, f"{ratio:.2f}x" if ratio else "n/a"])
+            if ours == "tightwad":
+                goal = 0.97 if n == 1 else 1.0
+            elif n == 4:
+                goal = 1.3
+            else:
+                continue
+            report.target(
+                f"{ours} aggregate tok/s vs {theirs} (-np {n}) at N={n}",
+                ratio,
+                f">= {goal}x",
+                None if ratio is None else ratio >= goal,
+            )
+    report.tables.append(
+        ("Aggregate tok/s ratios", ["ours", "baseline", "clients", "ratio"], ratios)
+    )
+    top = max(counts)
+    if "tightwad" in systems and "llama-server" in systems and top >= 8:
+        ours_p99, theirs_p99 = pct(ttft["tightwad"][top], 99), pct(ttft["llama-server"][top], 99)
+        report.target(
+            f"TTFT p99 at N={top} vs llama-server (ms)",
+            round(ours_p99 * 1000, 1),
+            f"<= {theirs_p99 * 1000:.0f} ms",
+            bool(ttft["tightwad"][top]) and ours_p99 <= theirs_p99,
+        )
+    series = [(s, counts, [round(_tps(agg[s][n]), 2) for n in counts]) for s in systems]
     report.extra["aggregate_tps"] = {s: dict(zip(counts, v, strict=True)) for s, _c, v in series}
+    report.extra["ttft_ms"] = {
+        s: {
+            n: {"p50": pct(ttft[s][n], 50) * 1000, "p99": pct(ttft[s][n], 99) * 1000}
+            for n in counts
+        }
+        for s in systems
+    }
     report.extra["plot_series"] = series
     report.extra["plot_series_x"] = "concurrent clients"
     report.extra["plot_series_y"] = "aggregate tok/s"
     report.notes.append(
         "aggregate tok/s = completion tokens of a round of N concurrent streamed requests / the "
-        "round's wall time (prefill included), client side, real openai client; tightwad: the "
-        "real gateway over an agent's embedded engine (route draft none, step batching on); "
-        "llama-server: -np slots with continuous batching, flash attention, same threads."
+        "round's wall time (prefill included), client side, real openai client; TTFT = time to "
+        "the first content delta of each request. tightwad: the real gateway over an agent's "
+        "embedded engine (continuous batching on), route `none` on mixed greedy prompts and "
+        "route `ngram` on edit prompts; llama-server: restarted with -np N per N (continuous "
+        "batching), flash attention, same threads, plain decoding on both workloads."
     )
 
 
