@@ -9,6 +9,7 @@ An explicit ``null`` counts as absent.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import re
@@ -40,6 +41,24 @@ class Field:
 
     parse: Parser[Any]
     default: object = None
+
+
+def table(cls: type, parsers: Mapping[str, Parser[Any]]) -> dict[str, Field]:
+    """The table of section dataclass ``cls``: a parser per YAML key (a field of ``cls`` of
+    the same name, in the order given) and the field's own default, REQUIRED when it has none.
+    The dataclass is the one place a default is written; the table adds how to read it."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    out: dict[str, Field] = {}
+    for key, parse in parsers.items():
+        f = known[key]
+        if f.default is not dataclasses.MISSING:
+            default: object = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = REQUIRED
+        out[key] = Field(parse, default)
+    return out
 
 
 # --- describing what we got ----------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The values of a cluster file: frozen dataclasses, one per section, defaults filled in.
 
-Nothing here parses or validates; ``_build`` (with ``_tables`` and ``_rules``) produces
+Each key's default is written here once (the tables of ``_tables`` take theirs from these
+fields). Nothing here parses or validates; ``_build`` (with ``_tables`` and ``_rules``) produces
 these from a checked YAML document and guarantees their invariants (ports in 1..65535,
 sizes >= 0, references that resolve, at most one default model, unique names). Code that
 builds them by hand should go through :func:`tightwad.config.config_from_mapping` to get the

@@ -1,13 +1,14 @@
-"""The schema of the cluster file, as tables: each YAML key, its parser and its default.
+"""The schema of the cluster file, as tables: each YAML key and its parser.
 
-``SECTIONS`` lists the top-level keys. Tables whose defaults depend on other
+Defaults are not written here: a table is built from its section's dataclass in ``_schema``
+(:func:`tightwad.config._fields.table`), which holds each key's one default (REQUIRED where the
+field has none). ``SECTIONS`` lists the top-level keys. Tables whose defaults depend on other
 sections (gateway on proxy, models on engine, routes on model names) are functions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from types import MappingProxyType
 
 from tightwad.config._document import Document, join
 from tightwad.config._fields import (
@@ -34,22 +35,28 @@ from tightwad.config._fields import (
     str_list,
     string,
     suggest,
+    table,
 )
 from tightwad.config._schema import (
-    DEFAULT_MAX_DRAFT_TOKENS,
     DRAFT_MODES,
     AgentHost,
     AgentsConfig,
+    BinariesConfig,
+    ClusterSettings,
     ControllerConfig,
+    CoordinatorConfig,
     Endpoint,
     EngineAddress,
     EngineConfig,
     GatewayConfig,
     GpuConfig,
+    ModelConfig,
     ModelRef,
     ProxyConfig,
+    Route,
     RouteTarget,
     TlsConfig,
+    WorkerConfig,
 )
 from tightwad.url_policy import UrlPolicy
 
@@ -144,127 +151,151 @@ def _host_port(doc: Document, path: str, value: object) -> str:
 
 
 # --- section tables (the schema) -----------------------------------------------------------
+# A table names each YAML key's parser; its default is the dataclass field's (``_schema``),
+# REQUIRED where the field has none.
 
-_GPU = {
-    "name": Field(string, REQUIRED),
-    "vram_gb": Field(number(0), REQUIRED),
-    "uuid": Field(string),
-}
-_WORKER_GPU = {**_GPU, "rpc_port": Field(port, REQUIRED)}
+_GPU = table(GpuConfig, {"name": string, "vram_gb": number(0), "uuid": string})
+_WORKER_GPU = {**_GPU, "rpc_port": Field(port, REQUIRED)}  # required of a worker's GPU
 
-COORDINATOR = {
-    "host": Field(host, "0.0.0.0"),
-    "port": Field(port, 8080),
-    "backend": Field(choice(GPU_BACKENDS), "cuda"),
-    "gpus": Field(list_of(section(_GPU, GpuConfig)), ()),
-    "extra_args": Field(str_list, ()),
-    "env": Field(env_map, MappingProxyType({})),
-}
-WORKER = {
-    "host": Field(host, REQUIRED),
-    "name": Field(string),
-    "gpus": Field(list_of(section(_WORKER_GPU, GpuConfig)), ()),
-    "ssh_user": Field(string),
-    "model_dir": Field(string),
-    "rpc_bind": Field(host),
-}
-ENDPOINT = {
-    "url": Field(http_url, REQUIRED),
-    "model_name": Field(string, REQUIRED),
-    "backend": Field(choice(HTTP_BACKEND_NAMES), "llamacpp"),
-}
+COORDINATOR = table(
+    CoordinatorConfig,
+    {
+        "host": host,
+        "port": port,
+        "backend": choice(GPU_BACKENDS),
+        "gpus": list_of(section(_GPU, GpuConfig)),
+        "extra_args": str_list,
+        "env": env_map,
+    },
+)
+WORKER = table(
+    WorkerConfig,
+    {
+        "host": host,
+        "name": string,
+        "gpus": list_of(section(_WORKER_GPU, GpuConfig)),
+        "ssh_user": string,
+        "model_dir": string,
+        "rpc_bind": host,
+    },
+)
+ENDPOINT = table(
+    Endpoint, {"url": http_url, "model_name": string, "backend": choice(HTTP_BACKEND_NAMES)}
+)
 _endpoint = section(ENDPOINT, Endpoint)
-PROXY = {
-    "host": Field(host, "0.0.0.0"),
-    "port": Field(port, 8088),
-    "max_draft_tokens": Field(integer(1, 256), 8),
-    "fallback_on_draft_failure": Field(_always_true, True),
-    "draft": Field(_endpoint, REQUIRED),
-    "target": Field(_endpoint, REQUIRED),
-    "drafters": Field(list_of(_endpoint), ()),
-    "auth_token": Field(string),
-}
-BINARIES = {
-    "coordinator": Field(string, "llama-server"),
-    "rpc_server": Field(string, "rpc-server"),
-}
-TLS = {
-    "ca_file": Field(local_path, REQUIRED),
-    "cert_file": Field(local_path, REQUIRED),
-    "key_file": Field(local_path, REQUIRED),
-}
-CLUSTER = {
-    "name": Field(string, "tightwad"),
-    "token": Field(string),
-    "private_network": Field(network),
-    "private_interface": Field(string),
-    "allow_public_bind": Field(boolean, False),
-    "tls": Field(section(TLS, TlsConfig)),
-    "drain_timeout_s": Field(number(positive=True), 30.0),
-}
-CONTROLLER = {
-    "host": Field(host, "127.0.0.1"),
-    "port": Field(port, 50051),
-    "address": Field(_host_port),
-    "state_path": Field(local_path, ControllerConfig().state_path),
-    "heartbeat_interval_s": Field(number(positive=True), 2.0),
-    "heartbeat_timeout_s": Field(number(positive=True), 10.0),
-    "reconcile_interval_s": Field(number(positive=True), 5.0),
-}
-AGENT_HOST = {
-    "name": Field(string, REQUIRED),
-    "address": Field(host, REQUIRED),
-    "port": Field(port),
-    "model_dirs": Field(path_list),
-    "binaries_dir": Field(local_path),
-}
-AGENTS = {
-    "host": Field(host, "127.0.0.1"),
-    "port": Field(port, 50061),
-    "model_dirs": Field(path_list, AgentsConfig().model_dirs),
-    "binaries_dir": Field(local_path),
-    "hosts": Field(list_of(section(AGENT_HOST, AgentHost)), ()),
-}
-_engine = EngineConfig()
-ENGINE = {
-    "threads": Field(integer(1)),
-    "ctx_size": Field(integer(1), 8192),
-    "batch_size": Field(integer(1), 512),
-    "max_sessions": Field(integer(1), 4),
-    "n_gpu_layers": Field(gpu_layers, _engine.n_gpu_layers),
-    "batch_steps": Field(boolean, _engine.batch_steps),
-    "open_wait_s": Field(number(positive=True), _engine.open_wait_s),
-    "prefill_chunk": Field(integer(1), _engine.prefill_chunk),
-}
+PROXY = table(
+    ProxyConfig,
+    {
+        "host": host,
+        "port": port,
+        "max_draft_tokens": integer(1, 256),
+        "fallback_on_draft_failure": _always_true,
+        "draft": _endpoint,
+        "target": _endpoint,
+        "drafters": list_of(_endpoint),
+        "auth_token": string,
+    },
+)
+BINARIES = table(BinariesConfig, {"coordinator": string, "rpc_server": string})
+TLS = table(TlsConfig, {"ca_file": local_path, "cert_file": local_path, "key_file": local_path})
+CLUSTER = table(
+    ClusterSettings,
+    {
+        "name": string,
+        "token": string,
+        "private_network": network,
+        "private_interface": string,
+        "allow_public_bind": boolean,
+        "tls": section(TLS, TlsConfig),
+        "drain_timeout_s": number(positive=True),
+    },
+)
+CONTROLLER = table(
+    ControllerConfig,
+    {
+        "host": host,
+        "port": port,
+        "address": _host_port,
+        "state_path": local_path,
+        "heartbeat_interval_s": number(positive=True),
+        "heartbeat_timeout_s": number(positive=True),
+        "reconcile_interval_s": number(positive=True),
+    },
+)
+AGENT_HOST = table(
+    AgentHost,
+    {
+        "name": string,
+        "address": host,
+        "port": port,
+        "model_dirs": path_list,
+        "binaries_dir": local_path,
+    },
+)
+AGENTS = table(
+    AgentsConfig,
+    {
+        "host": host,
+        "port": port,
+        "model_dirs": path_list,
+        "binaries_dir": local_path,
+        "hosts": list_of(section(AGENT_HOST, AgentHost)),
+    },
+)
+ENGINE = table(
+    EngineConfig,
+    {
+        "threads": integer(1),
+        "ctx_size": integer(1),
+        "batch_size": integer(1),
+        "max_sessions": integer(1),
+        "n_gpu_layers": gpu_layers,
+        "batch_steps": boolean,
+        "open_wait_s": number(positive=True),
+        "prefill_chunk": integer(1),
+    },
+)
 
 
 def gateway_table(proxy: ProxyConfig | None) -> dict[str, Field]:
     """Gateway keys; host, port and api_key default to the seed proxy's when there is one."""
-    base = GatewayConfig()
-    return {
-        "host": Field(host, proxy.host if proxy else base.host),
-        "port": Field(port, proxy.port if proxy else base.port),
-        "api_key": Field(string, proxy.auth_token if proxy else None),
-        "max_body_bytes": Field(size, base.max_body_bytes),
-        "max_tokens_cap": Field(integer(1), base.max_tokens_cap),
-        "max_concurrency": Field(integer(1), base.max_concurrency),
-        "queue_size": Field(integer(0), base.queue_size),
-        "request_timeout_s": Field(number(positive=True), base.request_timeout_s),
-        "body_timeout_s": Field(number(positive=True), base.body_timeout_s),
-        "metrics_allow": Field(network_list, base.metrics_allow),
-        "max_choices": Field(integer(1, 128), base.max_choices),
-    }
+    fields = table(
+        GatewayConfig,
+        {
+            "host": host,
+            "port": port,
+            "api_key": string,
+            "max_body_bytes": size,
+            "max_tokens_cap": integer(1),
+            "max_concurrency": integer(1),
+            "queue_size": integer(0),
+            "request_timeout_s": number(positive=True),
+            "body_timeout_s": number(positive=True),
+            "metrics_allow": network_list,
+            "max_choices": integer(1, 128),
+        },
+    )
+    if proxy is not None:
+        fields["host"] = Field(host, proxy.host)
+        fields["port"] = Field(port, proxy.port)
+        fields["api_key"] = Field(string, proxy.auth_token)
+    return fields
 
 
 def model_table(engine: EngineConfig) -> dict[str, Field]:
-    """Model keys; ``ctx_size`` defaults to ``engine.ctx_size``."""
-    return {
-        "path": Field(string, REQUIRED),
-        "ctx_size": Field(integer(1), engine.ctx_size),
-        "predict": Field(integer(-1), 4096),
-        "flash_attn": Field(_flash_attn, "on"),
-        "default": Field(boolean, False),
-    }
+    """Model keys (``name`` is the mapping's key); ``ctx_size`` defaults to ``engine.ctx_size``."""
+    fields = table(
+        ModelConfig,
+        {
+            "path": string,
+            "ctx_size": integer(1),
+            "predict": integer(-1),
+            "flash_attn": _flash_attn,
+            "default": boolean,
+        },
+    )
+    fields["ctx_size"] = Field(integer(1), engine.ctx_size)
+    return fields
 
 
 _SCHEMES = {"http": "http", "https": "https"}
@@ -294,23 +325,33 @@ def upstreams(doc: Document, path: str, value: object) -> UrlPolicy:
 
 def route_table(models: Collection[str]) -> dict[str, Field]:
     ref = target_parser(models)
+    fields = table(
+        Route,
+        {
+            "name": string,
+            "target": ref,
+            "draft": choice({m.value: m for m in DRAFT_MODES}),
+            "drafters": list_of(ref),
+            "max_draft_tokens": integer(1, 256),
+            "fallback_on_draft_failure": _always_true,
+            "max_concurrency": integer(1),
+            "queue_size": integer(0),
+            "pipeline": boolean,
+            "adaptive": boolean,
+            "ngram_max_n": integer(1, 64),
+            "copy_min_match": integer(1, 256),
+            "draft_timeout_s": number(positive=True),
+            "target_timeout_s": number(positive=True),
+            "drafter_cooldown_s": number(0),
+        },
+    )
+    # Read, not Route fields: no ``draft`` means "model" with drafters, else "none" (see
+    # _build), and ``draft_model`` is the first drafter.
+    fields["draft"] = Field(fields["draft"].parse)
     return {
-        "name": Field(string, REQUIRED),
-        "target": Field(ref, REQUIRED),
-        "draft": Field(choice({m.value: m for m in DRAFT_MODES})),
+        **{k: fields[k] for k in ("name", "target", "draft")},
         "draft_model": Field(ref),
-        "drafters": Field(list_of(ref), ()),
-        "max_draft_tokens": Field(integer(1, 256), DEFAULT_MAX_DRAFT_TOKENS),
-        "fallback_on_draft_failure": Field(_always_true, True),
-        "max_concurrency": Field(integer(1)),
-        "queue_size": Field(integer(0)),
-        "pipeline": Field(boolean),
-        "adaptive": Field(boolean),
-        "ngram_max_n": Field(integer(1, 64)),
-        "copy_min_match": Field(integer(1, 256)),
-        "draft_timeout_s": Field(number(positive=True)),
-        "target_timeout_s": Field(number(positive=True)),
-        "drafter_cooldown_s": Field(number(0)),
+        **{k: v for k, v in fields.items() if k not in ("name", "target", "draft")},
     }
 
 
