@@ -33,6 +33,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.slow]
 ROUTE = "smollm"
 AUTO = "smollm-auto"
 KEY = "sk-dashboard-test"
+DASH = "\u2013"  # what the page shows for a number it does not have
 REPEAT = "Repeat exactly, four times: alpha beta gamma delta epsilon"
 
 
@@ -80,6 +81,16 @@ async def _chat(url: str, key: str = "unused", n: int = 3, route: str = ROUTE) -
         await client.close()
 
 
+async def _cell(row: Any, col: str) -> str:
+    return str(await row.locator(f'[data-col="{col}"]').inner_text()).strip()
+
+
+async def _snapshot(url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http, http.get(url + "/dashboard/api/snapshot") as r:
+        assert r.status == 200
+        return dict(await r.json())
+
+
 async def _number(page: Any, selector: str, attribute: str) -> float:
     return float(await page.get_attribute(selector, attribute) or 0)
 
@@ -93,10 +104,11 @@ async def test_page_routes_playground_and_charts_live(gateway: Any, browser: Any
     await row.wait_for()
     assert await page.locator("#live").inner_text() == "live"
     cells = await row.locator("td").all_inner_texts()
-    assert cells[0].startswith(ROUTE) and cells[3] == "ngram", cells
-    assert "smollm" in cells[1].lower(), cells
+    assert cells[0].startswith(ROUTE) and await _cell(row, "mode") == "ngram", cells
+    assert "smollm" in (await _cell(row, "target")).lower(), cells
     # Drafting on, and why (the loop has measured nothing yet: adaptive off, no calibration).
-    assert cells[7].startswith("on"), cells
+    assert (await _cell(row, "drafting")).startswith("on"), cells
+    assert await _cell(row, "rounds") == DASH  # nothing verified yet
     await b.screenshot("dashboard-routes.png", full_page=False)
 
     # The playground: a streamed reply, every group of tokens coloured by where it came from.
@@ -132,14 +144,37 @@ async def test_page_routes_playground_and_charts_live(gateway: Any, browser: Any
         """([sel, before]) => Number(document.querySelector(sel).dataset.sum) > before""",
         arg=[chart, before], timeout=20_000,
     )  # fmt: skip
-    requests = await row.locator("td").nth(5).inner_text()
-    assert requests.endswith("%"), requests  # acceptance shown once drafts were verified
+    acceptance = await _cell(row, "acceptance")
+    assert acceptance.endswith("%"), acceptance  # shown once drafts were verified
+    # The API's verify rounds (the metrics' per-route counter) are on the route's row, and
+    # equal what the gateway reports, with the mean accepted length 1 + accepted / rounds.
+    await page.wait_for_function(
+        "sel => Number(document.querySelector(sel)?.dataset.rounds) > 0",
+        arg=f'#route-table tr[data-route="{ROUTE}"] [data-col="rounds"]',
+    )
+    snap = await _snapshot(gw.url)
+    totals = next(r for r in snap["routes"] if r["name"] == ROUTE)["totals"]
+    shown = int(await row.locator('[data-col="rounds"]').get_attribute("data-rounds") or 0)
+    assert 0 < shown <= totals["rounds"], (shown, totals)
+    assert float(await _cell(row, "mean_accepted")) > 1.0
+    # Batch occupancy: what the route reports (requests running now, the engine's batch when
+    # it reports one), else a dash.
+    batch = next(r for r in snap["routes"] if r["name"] == ROUTE)["batch"]
+    cell = f'#route-table tr[data-route="{ROUTE}"] [data-col="batch"]'
+    if batch["live_runs"] is None and batch["sessions_per_step"] is None:
+        assert await _cell(row, "batch") == DASH
+    if batch["live_runs"] is not None:  # the requests are over: the page shows none running
+        await page.wait_for_function(
+            "sel => document.querySelector(sel).textContent.startsWith('0 running')", arg=cell
+        )
+    if batch["sessions_per_step"] is not None:
+        assert "tokens per step" in await _cell(row, "batch")
     verify = f'#verify-charts [data-chart="{AUTO}"] svg'
     await page.locator(verify).wait_for()
     assert await _number(page, verify, "data-points") >= 2
     # Once the calibrated route served, its verdict gives the measured numbers as the reason.
     await _chat(gw.url, n=1, route=AUTO)
-    why = f'#route-table tr[data-route="{AUTO}"] .why'
+    why = f'#route-table tr[data-route="{AUTO}"] [data-col="drafting"] .why'
     await page.wait_for_function(
         "sel => document.querySelector(sel).textContent.includes('plain step')", arg=why
     )

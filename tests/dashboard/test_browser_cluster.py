@@ -17,7 +17,8 @@ import pytest
 
 from tightwad.agent.server import AgentServer, AgentSettings
 from tightwad.cli.client import ControllerClient
-from tightwad.config import default_config
+from tightwad.config import ModelConfig, default_config
+from tightwad.controller.domain import DeploymentSpec
 from tightwad.controller.server import ControllerServer
 from tightwad.engine.engine_config import EngineConfig
 from tightwad.gateway.api import GatewaySettings
@@ -30,15 +31,20 @@ pytestmark = [pytest.mark.engine, pytest.mark.slow]
 TOKEN = "dashboard-cluster-token"
 NODE = "node-a"
 ROUTE = "smollm"
+DEPLOYED = "smollm-deployed"
 
 
 @pytest.fixture
 async def stack(smollm_path: Path, tmp_path: Path) -> AsyncIterator[tuple[Any, ...]]:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "smollm.gguf").symlink_to(smollm_path)
     cfg = default_config()
     cfg = replace(
         cfg,
         cluster=replace(cfg.cluster, token=TOKEN),
         controller=replace(cfg.controller, reconcile_interval_s=0.2),
+        models={DEPLOYED: ModelConfig(DEPLOYED, str(models / "smollm.gguf"), ctx_size=512)},
     )
     controller = ControllerServer(cfg, listen="127.0.0.1:0", state_path=tmp_path / "c.db")
     await controller.start()
@@ -47,7 +53,7 @@ async def stack(smollm_path: Path, tmp_path: Path) -> AsyncIterator[tuple[Any, .
     agent = AgentServer(
         AgentSettings(
             listen="127.0.0.1:0", token=TOKEN, name=NODE, engines=(engine,),
-            controller=controller.address, heartbeat_refresh_s=2.0,
+            controller=controller.address, heartbeat_refresh_s=2.0, model_dirs=(models,),
         )
     )  # fmt: skip
     await agent.start()
@@ -79,6 +85,26 @@ async def test_nodes_devices_and_events_live(stack: tuple[Any, ...], browser: An
     device = node.locator("[data-device]").first
     await device.wait_for()
     assert await device.locator(".bar-track").count() == 1
+
+    # A deployment: its layer split drawn per device, its bytes on the device's memory bar.
+    async with ControllerClient(controller.address, token=TOKEN) as client:
+        dep = await client.deploy(DeploymentSpec(DEPLOYED, ctx_size=512))
+    assert dep.placement is not None and dep.placement.assignments
+    row = page.locator(f'#deployments [data-deployment="{dep.deployment_id}"]')
+    await row.wait_for(timeout=15_000)
+    segments = row.locator(".split span")
+    assert await segments.count() == len(dep.placement.assignments)
+    layers = sum(a.n_layers for a in dep.placement.assignments)
+    texts = await segments.all_inner_texts()
+    assert sum(int(t.rsplit("·", 1)[1]) for t in texts) == layers, texts
+    assert f"{layers} layers over {len(dep.placement.assignments)} device(s)" in (
+        await row.inner_text()
+    )
+    held = page.locator(f'#nodes [data-device="{dep.placement.assignments[0].device_id}"] .held')
+    await held.first.wait_for(timeout=15_000)
+    assert DEPLOYED in (await held.first.get_attribute("title") or "")
+    await page.locator("#events li", has_text="deployment_created").wait_for(timeout=15_000)
+
     state = await node.locator(".state").inner_text()
     seen = await page.locator("#events li").count()
 

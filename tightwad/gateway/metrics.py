@@ -1,6 +1,9 @@
 """Prometheus metrics of the gateway, and the report ``/v1/tightwad/status`` shows.
 
-Owns :class:`GatewayMetrics` (metrics plus running totals) and :func:`route_status`. Each app
+Owns :class:`GatewayMetrics` (metrics plus running totals) and :func:`route_status`. Per route,
+finished generations count their verify rounds and the tokens drafted and accepted in them
+(``tightwad_verify_rounds_total``, ``tightwad_drafted_tokens_total``,
+``tightwad_accepted_tokens_total``): mean accepted length = 1 + accepted / rounds. Each app
 gets its own :class:`CollectorRegistry`, so several apps (tests) never collide. Route labels
 only ever take configured route names (or ``""`` when the request named no known route), so a
 client cannot grow label cardinality.
@@ -29,7 +32,7 @@ __all__ = ["CONTENT_TYPE", "GatewayMetrics", "route_status"]
 
 log = get_logger(__name__)
 _TOTALS = (
-    "requests", "errors", "prompt_tokens", "completion_tokens", "drafted", "accepted",
+    "requests", "errors", "prompt_tokens", "completion_tokens", "rounds", "drafted", "accepted",
     "draft_failures", "queue_rejections",
 )  # fmt: skip
 
@@ -54,6 +57,10 @@ class GatewayMetrics:
         self.generated_tokens = Counter(
             "tightwad_generated_tokens", "Completion tokens generated", ["route"], registry=reg
         )
+        self.rounds = Counter(
+            "tightwad_verify_rounds", "Verify rounds (a draft checked by the target)", ["route"],
+            registry=reg,
+        )  # fmt: skip
         self.drafted = Counter(
             "tightwad_drafted_tokens", "Draft tokens proposed", ["route"], registry=reg
         )
@@ -96,11 +103,13 @@ class GatewayMetrics:
         usage, stats = finished.usage, finished.stats
         self.prompt_tokens.labels(route).inc(usage.prompt_tokens)
         self.generated_tokens.labels(route).inc(usage.completion_tokens)
+        self.rounds.labels(route).inc(stats.rounds)
         self.drafted.labels(route).inc(stats.drafted)
         self.accepted.labels(route).inc(stats.accepted)
         self.draft_failures.labels(route).inc(stats.draft_failures)
         self.totals["prompt_tokens"] += usage.prompt_tokens
         self.totals["completion_tokens"] += usage.completion_tokens
+        self.totals["rounds"] += stats.rounds
         self.totals["drafted"] += stats.drafted
         self.totals["accepted"] += stats.accepted
         self.totals["draft_failures"] += stats.draft_failures

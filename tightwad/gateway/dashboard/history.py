@@ -29,6 +29,7 @@ __all__ = ["Bucket", "Counts", "History", "RouteTotals", "registry_counts"]
 # Prometheus counter (as collected, without ``_total``) -> the Counts field it feeds.
 _COUNTERS = {
     "tightwad_generated_tokens": "tokens",
+    "tightwad_verify_rounds": "rounds",
     "tightwad_drafted_tokens": "drafted",
     "tightwad_accepted_tokens": "accepted",
 }
@@ -43,6 +44,7 @@ class Counts:
     drafted: int = 0
     accepted: int = 0
     errors: int = 0
+    rounds: int = 0
 
     def minus(self, before: Counts) -> Counts:
         """What happened since ``before`` (a counter that went back was reset: all of it)."""
@@ -52,13 +54,14 @@ class Counts:
         return Counts(*(now - old for now, old in pairs))
 
 
-def _fields(c: Counts) -> tuple[int, int, int, int, int]:
-    return (c.tokens, c.requests, c.drafted, c.accepted, c.errors)
+def _fields(c: Counts) -> tuple[int, int, int, int, int, int]:
+    return (c.tokens, c.requests, c.drafted, c.accepted, c.errors, c.rounds)
 
 
 def registry_counts(registry: CollectorRegistry, routes: Collection[str]) -> dict[str, Counts]:
     """Per route of ``routes``: completion tokens, generation requests answered (and how
-    many were errors), drafted and accepted tokens, from the gateway's metrics."""
+    many were errors), verify rounds, drafted and accepted tokens, from the gateway's
+    metrics."""
     acc: dict[str, dict[str, int]] = {r: {} for r in routes}
     for metric in registry.collect():
         key = _COUNTERS.get(metric.name)
@@ -103,8 +106,6 @@ class RouteTotals:
     accepted: int = 0
     draft_failures: int = 0
     errors: int = 0
-    # What the playground's own replies drafted (their rounds are counted only here).
-    observed_accepted: int = 0
     last_stats: dict[str, object] | None = None
 
     def as_json(self) -> dict[str, Any]:
@@ -117,9 +118,8 @@ class RouteTotals:
             "draft_failures": self.draft_failures,
             "errors": self.errors,
             "acceptance_rate": self.accepted / self.drafted if self.drafted else None,
-            "observed_accepted": self.observed_accepted,
             "mean_accepted_length": (
-                1.0 + self.observed_accepted / self.rounds if self.rounds else None
+                round(1.0 + self.accepted / self.rounds, 3) if self.rounds else None
             ),
             "last": self.last_stats,
         }
@@ -162,7 +162,6 @@ class History:
             totals.rounds += stats.rounds
             totals.drafted += stats.drafted
             totals.accepted += stats.accepted
-            totals.observed_accepted += stats.accepted
             totals.draft_failures += stats.draft_failures
             totals.last_stats = stats.as_json()
             return
@@ -187,11 +186,13 @@ class History:
             bucket.tokens += d.tokens
             bucket.by_origin["api"] = bucket.by_origin.get("api", 0) + d.tokens
             bucket.requests += d.requests
+            bucket.rounds += d.rounds
             bucket.drafted += d.drafted
             bucket.accepted += d.accepted
             bucket.errors += d.errors
             totals.tokens += d.tokens
             totals.requests += d.requests
+            totals.rounds += d.rounds
             totals.drafted += d.drafted
             totals.accepted += d.accepted
             totals.errors += d.errors

@@ -2,7 +2,8 @@
 controller's state.
 
 Owns :func:`drafting_verdict` (drafting on or off, and why, from a route's status entry),
-:func:`route_view` (a status entry plus its rolling history) and :func:`cluster_view` (nodes,
+:func:`route_view` (a status entry plus its rolling history; :func:`batch_view`, how full its
+steps are) and :func:`cluster_view` (nodes,
 devices with what each deployment holds, deployments with their layer split). Nothing here does
 I/O; the page draws exactly these numbers.
 """
@@ -15,7 +16,7 @@ from typing import Any
 from tightwad.controller.cluster_wire import NodeStatus
 from tightwad.controller.domain import Deployment, Event
 
-__all__ = ["cluster_view", "drafting_verdict", "event_view", "route_view"]
+__all__ = ["batch_view", "cluster_view", "drafting_verdict", "event_view", "route_view"]
 
 
 def _ms(value: object) -> str:
@@ -69,15 +70,6 @@ def route_view(
     """One row of the routes table (and its charts)."""
     details: Mapping[str, Any] = route.get("details") or {}
     widths = details.get("verify_ms_by_width") or {}
-    totals = dict(totals)
-    # The loop's controllers count every drafted round of an adaptive route (API and
-    # playground alike): then the mean is over all its traffic; else over the playground's.
-    proposers: Mapping[str, Mapping[str, Any]] = details.get("drafting") or {}
-    rounds_seen = sum(int(p.get("rounds_seen") or 0) for p in proposers.values())
-    if rounds_seen and rounds_seen >= int(totals.get("rounds") or 0):
-        accepted = int(totals.get("accepted") or 0)
-        totals["rounds"] = rounds_seen
-        totals["mean_accepted_length"] = round(1.0 + accepted / rounds_seen, 3)
     return {
         "name": route.get("name"),
         "target": route.get("target", ""),
@@ -91,11 +83,68 @@ def route_view(
         "error": details.get("error") or route.get("error"),
         "tok_s": round(tok_s, 2),
         "series": dict(series),
-        "totals": totals,
+        "totals": dict(totals),
         "drafting": drafting_verdict(route),
         "verify_ms_by_width": {str(k): v for k, v in sorted(widths.items(), key=_width)},
         "copy_drafts": details.get("copy_drafts"),
+        "batch": batch_view(details),
     }
+
+
+def _number(value: object) -> int | float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value
+
+
+def _per(num: object, den: object) -> float | None:
+    n, d = _number(num), _number(den)
+    return round(n / d, 2) if n is not None and d else None
+
+
+def _first(b: Mapping[str, Any], *keys: str) -> int | float | None:
+    for key in keys:
+        value = _number(b.get(key))
+        if value is not None:
+            return round(value, 2)
+    return None
+
+
+def batch_view(details: Mapping[str, Any]) -> dict[str, Any]:
+    """How full the route's steps are: requests running on it now and the most at once
+    (``live_runs``, ``peak_live_runs``), and when the target engine reports its continuous
+    batching (``details["batch"]``, the engine's ``BatchOccupancy``: decodes, the jobs and
+    tokens they held) the mean sessions and tokens per shared decode. ``batching`` False: the
+    engine does not batch. Every field is None when the route does not report it."""
+    batch = details.get("batch")
+    b: Mapping[str, Any] = batch if isinstance(batch, Mapping) else {}
+    enabled = b.get("enabled")
+    decodes = _number(b.get("decodes"))
+    stepped = enabled is not False and decodes != 0
+    jobs = b.get("jobs", b.get("steps"))
+    view: dict[str, Any] = {
+        "live_runs": _number(details.get("live_runs")),
+        "peak_live_runs": _number(details.get("peak_live_runs")),
+        "batching": enabled if isinstance(enabled, bool) else (True if b else None),
+        "sessions_per_step": None,
+        "tokens_per_step": None,
+        "recent_sessions_per_step": None,
+        "max_sessions_per_step": None,
+        "max_tokens_per_step": None,
+        "decodes": decodes,
+    }
+    if not b or not stepped:
+        return view
+    sessions = _first(b, "mean_sessions_per_step", "sessions_per_step")
+    tokens = _first(b, "mean_tokens_per_step", "tokens_per_step")
+    view.update(
+        sessions_per_step=sessions if sessions else _per(jobs, decodes),
+        tokens_per_step=tokens if tokens else _per(b.get("tokens"), decodes),
+        recent_sessions_per_step=_first(b, "recent_sessions_per_step") or None,
+        max_sessions_per_step=_number(b.get("max_jobs")),
+        max_tokens_per_step=_number(b.get("max_tokens")),
+    )
+    return view
 
 
 def _width(item: tuple[str, object]) -> int:

@@ -157,23 +157,53 @@ function showRoutes(snap) {
   routePicker(snap.routes);
 }
 
+function roundsCell(t) {
+  if (!t.rounds) return el("td", { class: "num", "data-col": "rounds", text: "–" });
+  return el("td", { class: "num", "data-col": "rounds", "data-rounds": t.rounds },
+    el("div", { text: t.rounds }),
+    el("div", { class: "sub", text: `${t.drafted} drafted, ${t.accepted} accepted` }));
+}
+
+function batchCell(b) {
+  b = b || {};
+  const known = (v) => v !== null && v !== undefined;
+  const lines = [];
+  if (known(b.live_runs)) {
+    lines.push(el("div", { "data-batch": "live",
+      text: `${b.live_runs} running` + (known(b.peak_live_runs) ? ` (peak ${b.peak_live_runs})` : "") }));
+  }
+  if (b.batching === false) {
+    lines.push(el("div", { class: "sub", "data-batch": "steps", text: "engine batching off" }));
+  } else if (known(b.sessions_per_step)) {
+    const tokens = known(b.tokens_per_step) ? fmt(b.tokens_per_step) : "–";
+    const now = known(b.recent_sessions_per_step) ? ` (now ${fmt(b.recent_sessions_per_step)})` : "";
+    lines.push(el("div", { class: "sub", "data-batch": "steps",
+      title: `${b.decodes} shared decodes; at most ${b.max_sessions_per_step} sessions and ${b.max_tokens_per_step} tokens in one`,
+      text: `${fmt(b.sessions_per_step)} sessions${now} · ${tokens} tokens per step` }));
+  }
+  if (!lines.length) return el("td", { "data-col": "batch", text: "–" });
+  return el("td", { "data-col": "batch" }, ...lines);
+}
+
 function routeRow(r) {
   const t = r.totals || {};
   const verdict = el("div", {},
     el("span", { class: `on-off ${r.drafting.on ? "on" : "off"}`, text: r.drafting.on ? "on" : "off" }),
     el("div", { class: "why", text: r.drafting.why }));
   return el("tr", { "data-route": r.name },
-    el("td", {}, el("strong", { text: r.name }), r.ready ? null : el("div", { class: "error", text: r.error || "not ready" })),
-    el("td", { text: r.target }),
-    el("td", { text: r.draft || "–" }),
-    el("td", { text: r.draft_mode }),
-    el("td", { class: "num", text: fmt(r.tok_s) }),
-    el("td", { class: "num", text: pct(t.acceptance_rate) }),
-    el("td", { class: "num", text: t.mean_accepted_length ? fmt(t.mean_accepted_length) : "–" }),
-    el("td", {}, verdict),
-    el("td", { class: "num", text: r.in_flight }),
-    el("td", { class: "num", text: r.queued }),
-    el("td", { class: "num", text: r.errors }));
+    el("td", { "data-col": "route" }, el("strong", { text: r.name }), r.ready ? null : el("div", { class: "error", text: r.error || "not ready" })),
+    el("td", { "data-col": "target", text: r.target }),
+    el("td", { "data-col": "draft", text: r.draft || "–" }),
+    el("td", { "data-col": "mode", text: r.draft_mode }),
+    el("td", { class: "num", "data-col": "tok_s", text: fmt(r.tok_s) }),
+    el("td", { class: "num", "data-col": "acceptance", text: pct(t.acceptance_rate) }),
+    el("td", { class: "num", "data-col": "mean_accepted", text: t.mean_accepted_length ? fmt(t.mean_accepted_length) : "–" }),
+    roundsCell(t),
+    el("td", { "data-col": "drafting" }, verdict),
+    batchCell(r.batch),
+    el("td", { class: "num", "data-col": "in_flight", text: r.in_flight }),
+    el("td", { class: "num", "data-col": "queued", text: r.queued }),
+    el("td", { class: "num", "data-col": "errors", text: r.errors }));
 }
 
 function chartCard(container, id, title, keys) {
