@@ -10,11 +10,12 @@ generated case is judged by the checks, none by a rule the document only describ
   (``$TIGHTWAD_ST_VOCAB``): ids the model does not have are refused per route;
 - a body that might not fit the route's context (``$TIGHTWAD_ST_CTX``) is not generated: a
   byte-level tokenizer makes at most one token per byte of text, plus the template's own;
-- a case whose JSON Schemas (``tools[].function.parameters``, ``json_schema.schema``) do not
-  compile, that names two tools alike, whose tool-call ``arguments`` are not the JSON text of an
-  object, whose
-  ``tool_choice`` names a function not among its tools, or whose tool messages answer no
-  earlier call, is not generated (those bodies are refused, correctly, whatever the mode).
+- a case whose JSON Schemas (``tools[].function.parameters``, ``json_schema.schema``, and the
+  Responses API's ``tools[].parameters`` and ``text.format.schema``) do not compile, that
+  names two tools alike, whose tool-call ``arguments`` are not the JSON text of an object,
+  whose ``tool_choice`` names a function not among its tools, or whose tool messages
+  (Responses: ``function_call_output`` items) answer no earlier call, is not generated (those
+  bodies are refused, correctly, whatever the mode).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import schemathesis
 
 from tightwad.errors import InvalidRequestError
+from tightwad.gateway.responses.request import _input as responses_input
 from tightwad.gateway.structured import check_json_schema
 from tightwad.gateway.tools.request import (
     check_tool_history,
@@ -72,20 +74,30 @@ def _ids_in_vocab(value: Any) -> Any:
 
 def _arguments_are_objects(body: dict[str, Any]) -> bool:
     messages = body.get("messages")
+    items = body.get("input")  # a Responses body: function_call items carry arguments
     for m in messages if isinstance(messages, list) else ():
         calls = m.get("tool_calls") if isinstance(m, dict) else None
         for call in calls if isinstance(calls, list) else ():
             fn = call.get("function") if isinstance(call, dict) else None
-            arguments = fn.get("arguments") if isinstance(fn, dict) else None
-            if not isinstance(arguments, str) or not arguments.strip():
-                continue
-            try:
-                parsed = json.loads(arguments)
-            except ValueError:
+            if not _is_object_json(fn.get("arguments") if isinstance(fn, dict) else None):
                 return False
-            if not isinstance(parsed, dict):
-                return False
+    for item in items if isinstance(items, list) else ():
+        is_call = isinstance(item, dict) and item.get("type") == "function_call"
+        if is_call and not _is_object_json(item.get("arguments")):
+            return False
     return True
+
+
+def _is_object_json(arguments: object) -> bool:
+    """Whether tool-call ``arguments`` are the JSON text of an object (or blank); anything
+    that is not a string is a schema violation, judged by the checks."""
+    if not isinstance(arguments, str) or not arguments.strip():
+        return True
+    try:
+        parsed = json.loads(arguments)
+    except ValueError:
+        return False
+    return isinstance(parsed, dict)
 
 
 def _fits(body: dict[str, Any]) -> bool:
@@ -103,10 +115,16 @@ def _schemas_compile(body: dict[str, Any]) -> bool:
             fn = tool.get("function") if isinstance(tool, dict) else None
             if isinstance(fn, dict) and isinstance(fn.get("parameters"), dict):
                 schemas.append(fn["parameters"])
+            if isinstance(tool, dict) and isinstance(tool.get("parameters"), dict):
+                schemas.append(tool["parameters"])  # a Responses tool: flat
     fmt = body.get("response_format")
     spec = fmt.get("json_schema") if isinstance(fmt, dict) else None
     if isinstance(spec, dict) and isinstance(spec.get("schema"), dict):
         schemas.append(spec["schema"])
+    text = body.get("text")
+    fmt = text.get("format") if isinstance(text, dict) else None
+    if isinstance(fmt, dict) and isinstance(fmt.get("schema"), dict):
+        schemas.append(fmt["schema"])  # a Responses text.format
     for schema in schemas:
         if not schema:
             continue
@@ -159,8 +177,34 @@ def _cross_field_rules_hold(body: dict[str, Any]) -> bool:
     return True
 
 
+def _responses_rules_hold(body: dict[str, Any]) -> bool:
+    """A Responses body: tool names unique, a tool_choice naming one of them, and each
+    function_call_output answering an earlier function_call (judged on well-formed parts)."""
+    listed = body.get("tools")
+    tools = listed if isinstance(listed, list) else []
+    names = [t.get("name") for t in tools if isinstance(t, dict)]
+    if len(names) != len(set(map(repr, names))):
+        return False
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and "name" in choice and choice.get("name") not in names:
+        return False
+    try:
+        messages = responses_input(body.get("input"))
+    except InvalidRequestError:
+        return True
+    try:
+        check_tool_history([(m.role, m.tool_calls, m.tool_call_id) for m in messages], "input")
+    except InvalidRequestError:
+        return False
+    return True
+
+
 @schemathesis.hook
 def filter_body(ctx: Any, body: Any) -> bool:
     if not isinstance(body, dict):
         return True
+    if "input" in body and "messages" not in body:
+        return (
+            _schemas_compile(body) and _arguments_are_objects(body) and _responses_rules_hold(body)
+        )
     return _schemas_compile(body) and _arguments_are_objects(body) and _cross_field_rules_hold(body)

@@ -22,6 +22,7 @@ from tightwad import __version__
 from tightwad.gateway.openai_schema import Limits
 from tightwad.gateway.openapi_requests import chat_request, completion_request
 from tightwad.gateway.openapi_requests import nullable as _nullable
+from tightwad.gateway.responses.openapi import RESPONSE, RESPONSE_EVENT, responses_request
 
 __all__ = ["openapi_document", "openapi_json"]
 
@@ -251,7 +252,31 @@ def _errors(*statuses: int) -> dict[str, Any]:
 _GENERATION_ERRORS = (400, 401, 404, 408, 413, 429, 503, 504)
 
 
-def _generation(summary: str, request: str, response: str, chunk: str) -> dict[str, Any]:
+def _generation(
+    summary: str, request: str, response: str, chunk: str, *, events: bool = False
+) -> dict[str, Any]:
+    sse = _sse_event(chunk)
+    described = (
+        "the completion (JSON), or SSE events when stream is true; "
+        'an error after the stream started is one `data: {"error": ...}` event'
+    )
+    if events:  # the Responses API: `event: <type>` + `data: <event>`, no [DONE]
+        sse = {
+            "type": "object",
+            "required": ["event", "data"],
+            "properties": {
+                "event": {"type": "string"},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": _JSON,
+                    "contentSchema": _ref(chunk),
+                },
+            },
+        }
+        described = (
+            "the Response (JSON), or its SSE events when stream is true, ending with "
+            "response.completed / response.incomplete, or error then response.failed"
+        )
     return {
         "post": {
             "summary": summary,
@@ -262,12 +287,8 @@ def _generation(summary: str, request: str, response: str, chunk: str) -> dict[s
             },
             "responses": {
                 "200": {
-                    "description": "the completion (JSON), or SSE events when stream is true; "
-                    'an error after the stream started is one `data: {"error": ...}` event',
-                    "content": {
-                        _JSON: {"schema": _ref(response)},
-                        _SSE: {"schema": _sse_event(chunk)},
-                    },
+                    "description": described,
+                    "content": {_JSON: {"schema": _ref(response)}, _SSE: {"schema": sse}},
                 },
                 **_errors(*_GENERATION_ERRORS),
             },
@@ -327,6 +348,13 @@ def _document(limits: Limits) -> dict[str, Any]:
             ),
             "/v1/completions": _generation(
                 "Legacy text completion", "CompletionRequest", "Completion", "CompletionChunk"
+            ),
+            "/v1/responses": _generation(
+                "Responses API (stateless: nothing is stored)",
+                "ResponsesRequest",
+                "Response",
+                "ResponseStreamEvent",
+                events=True,
             ),
             "/v1/models": _get(
                 "The configured routes, as OpenAI models (each with its state)",
@@ -395,6 +423,9 @@ def _document(limits: Limits) -> dict[str, Any]:
                 "ChatCompletionChunk": _CHAT_CHUNK,
                 "Completion": _COMPLETION_RESPONSE,
                 "CompletionChunk": _COMPLETION_CHUNK,
+                "ResponsesRequest": responses_request(limits),
+                "Response": RESPONSE,
+                "ResponseStreamEvent": RESPONSE_EVENT,
                 "Model": _MODEL,
                 "Status": _STATUS,
                 "Ready": {

@@ -23,6 +23,7 @@ pipeline runs and the request fields a Response object echoes back. Guarantees:
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -354,7 +355,7 @@ def _input(value: object) -> tuple[ChatMessage, ...]:
 def _message(item: Mapping[str, Any], param: str) -> ChatMessage:
     _only(item, {"type", "role", "content", "id", "status", "phase"}, param)
     role = item.get("role")
-    if role not in _INPUT_ROLES:
+    if not isinstance(role, str) or role not in _INPUT_ROLES:
         raise _bad(
             f"{param}.role",
             f"Invalid value for '{param}.role': {role!r}. Supported values are: 'user', "
@@ -411,6 +412,12 @@ def _function_call(item: Mapping[str, Any], param: str, messages: list[ChatMessa
     arguments = item.get("arguments")
     if not isinstance(arguments, str):
         raise _type_error(f"{param}.arguments", "a string of JSON", arguments)
+    try:
+        parsed = json.loads(arguments) if arguments.strip() else {}
+    except ValueError as exc:
+        raise _bad(f"{param}.arguments", f"'{param}.arguments' is not valid JSON: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise _bad(f"{param}.arguments", f"'{param}.arguments' must be the JSON of an object")
     call = ToolCall(call_id, name, arguments)
     last = messages[-1] if messages else None
     if last is not None and last.role == "assistant":
