@@ -225,7 +225,8 @@ def _plot(report: Report, rows: Sequence[dict[str, Any]], path: Path) -> None:
     ax.set_title(f"{report.scenario}: {report.machine.get('date', '')[:10]}")
     ax2 = axes[1]
     drawn = False
-    for r in rows:
+    series_first = bool(report.extra.get("plot_series_first"))  # over acceptance by position
+    for r in [] if series_first else rows:
         if r["kind"] == "all" and r["acceptance_by_position"]:
             pos = r["acceptance_by_position"][:16]
             ax2.plot(range(1, len(pos) + 1), pos, marker="o", label=r["system"])

@@ -254,6 +254,7 @@ def _summarize(report: Report, agg: Agg, ttft: Ttft, counts: list[int], systems:
         for s in systems
     }
     report.extra["plot_series"] = series
+    report.extra["plot_series_first"] = True
     report.extra["plot_series_x"] = "concurrent clients"
     report.extra["plot_series_y"] = "aggregate tok/s"
     report.notes.append(
