@@ -194,3 +194,30 @@ def test_responses_function_call_round_trip(live: Live) -> None:
     )
     assert not [item for item in second.output if item.type == "function_call"]
     assert "21" in second.output_text
+
+
+def test_responses_streamed_function_call_with_the_sdk_helper(live: Live) -> None:
+    kinds: list[str] = []
+    with live.openai().responses.stream(
+        model=live.model,
+        input=ASK,
+        tools=[RESPONSES_TOOL],  # type: ignore[list-item]
+        tool_choice="required",
+        temperature=0,
+        max_output_tokens=96,
+    ) as stream:
+        for event in stream:
+            kinds.append(event.type)
+        final = stream.get_final_response()
+    calls = [item for item in final.output if item.type == "function_call"]
+    assert calls and calls[0].name == "get_weather"
+    jsonschema.validate(json.loads(calls[0].arguments), WEATHER)
+    # The call item's events in their documented order, between the start and the end.
+    assert kinds[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
+    call_events = [k for k in kinds if "function_call_arguments" in k]
+    assert call_events[-1] == "response.function_call_arguments.done"
+    assert set(call_events[:-1]) == {"response.function_call_arguments.delta"}
+    done = kinds.index("response.function_call_arguments.done")
+    assert kinds[done + 1] == "response.output_item.done"
+    assert kinds[-1] == "response.completed" and final.status == "completed"
+    assert "response.output_text.delta" not in kinds
