@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from tightwad.agent.engine_host import build_parser
 from tightwad.controller.domain import (
     Deployment,
     DeploymentSpec,
@@ -24,6 +25,7 @@ from tightwad.controller.placement import (
     plan_placement,
 )
 from tightwad.controller.reconcile import (
+    EngineHostDefaults,
     MarkState,
     Replan,
     StartEngineHost,
@@ -120,6 +122,28 @@ def test_rpc_up_then_engine_host_with_rpc_device_split_ngl() -> None:
     assert args[args.index("--gpu-layers") + 1] == "9"
     assert len(args[args.index("--tensor-split") + 1].split(",")) == 2
     assert "--listen" not in args  # the agent allocates the port
+
+
+def test_engine_host_gets_the_cluster_files_batching_settings() -> None:
+    dep = replace(pooled(), state=DeploymentState.STARTING, message="starting rpc-servers")
+    plain = EngineHostDefaults()
+    tuned = EngineHostDefaults(batch_steps=False, open_wait_s=2.5, prefill_chunk=32)
+    [start] = reconcile([dep], nodes(b=(RPC_B,)), NOW, timeout_s=10.0, engine=tuned)
+    assert isinstance(start, StartEngineHost)
+    ns = build_parser().parse_args([*start.args, "--listen", "127.0.0.1:0"])
+    assert (ns.batch_steps, ns.open_wait_s, ns.prefill_chunk) == (False, 2.5, 32)
+    # Unset, the engine host keeps the engine's own defaults (no flag is passed).
+    [start] = reconcile([dep], nodes(b=(RPC_B,)), NOW, timeout_s=10.0, engine=plain)
+    assert isinstance(start, StartEngineHost)
+    assert not {"--batch-steps", "--no-batch-steps", "--open-wait-s", "--prefill-chunk"} & set(
+        start.args
+    )
+    defaults = build_parser().parse_args([*start.args, "--listen", "127.0.0.1:0"])
+    assert ns.batch_size == defaults.batch_size and (
+        defaults.batch_steps,
+        defaults.open_wait_s,
+        defaults.prefill_chunk,
+    ) != (False, 2.5, 32)
 
 
 def test_rpc_server_restarting_before_the_load_is_waited_for() -> None:

@@ -367,6 +367,9 @@ class Controller:
             max_sessions=self.config.engine.max_sessions,
             threads=self.config.engine.threads or 0,
             batch_size=self.config.engine.batch_size,
+            batch_steps=self.config.engine.batch_steps,
+            open_wait_s=self.config.engine.open_wait_s,
+            prefill_chunk=self.config.engine.prefill_chunk,
         )
         return reconcile(
             self.deployments(),

@@ -105,6 +105,10 @@ class EngineHostDefaults:
     max_sessions: int = 4
     threads: int = 0
     batch_size: int = 512
+    # None: the engine host's own default (the engine's EngineConfig).
+    batch_steps: bool | None = None
+    open_wait_s: float | None = None
+    prefill_chunk: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +228,12 @@ def engine_host_args(
     ]  # fmt: skip
     if defaults.threads:
         args += ["--threads", str(defaults.threads)]
+    if defaults.batch_steps is not None:
+        args.append("--batch-steps" if defaults.batch_steps else "--no-batch-steps")
+    if defaults.open_wait_s is not None:
+        args += ["--open-wait-s", f"{defaults.open_wait_s:g}"]
+    if defaults.prefill_chunk is not None:
+        args += ["--prefill-chunk", str(defaults.prefill_chunk)]
     if placement.devices:
         args += ["--devices", ",".join(placement.devices)]
         args += ["--tensor-split", ",".join(f"{f:g}" for f in placement.tensor_split)]
