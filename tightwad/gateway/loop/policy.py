@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from tightwad.config import DEFAULT_MAX_DRAFT_TOKENS
 from tightwad.gateway.types import TokenOrigin
 from tightwad.spec.proposers import NGramProposer, PredictionProposer
 from tightwad.spec.sampling import SparseDist
@@ -64,7 +65,7 @@ class Knobs:
     """The route settings the policy reads (see :class:`~tightwad.gateway.loop.RouteSpec`)."""
 
     draft_mode: str = "ngram"
-    max_draft_tokens: int = 64
+    max_draft_tokens: int = DEFAULT_MAX_DRAFT_TOKENS
     hybrid_min_match: int = 3
     copy_min_match: int = 12
     copy_start_tokens: int = 64

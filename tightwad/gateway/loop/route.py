@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 
-from tightwad.config import DRAFT_MODES, DraftMode
+from tightwad.config import DEFAULT_MAX_DRAFT_TOKENS, DRAFT_MODES, DraftMode
 from tightwad.errors import ConfigError, TightwadError, UnavailableError
 from tightwad.gateway.engine_client import EngineClient, RemoteEngineInfo
 from tightwad.gateway.loop import calibration
@@ -40,7 +40,7 @@ class RouteSpec:
     drafters: tuple[EngineClient, ...] = ()
     # Text-only drafters (Ollama): their text is tokenized by the target (text_draft.py).
     text_drafters: tuple[TextDrafter, ...] = ()
-    max_draft_tokens: int = 64
+    max_draft_tokens: int = DEFAULT_MAX_DRAFT_TOKENS
     pipeline: bool = False
     hybrid_min_match: int = 3
     ngram_max_n: int = 12

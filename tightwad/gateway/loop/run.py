@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, Awaitable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from tightwad.errors import ConfigError, ContextLengthError, TightwadError, UnavailableError
@@ -42,6 +43,36 @@ if TYPE_CHECKING:
 __all__ = ["RequestRun"]
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Carry:
+    """What a round hands the next: the drafts made for it while this one verified (pipelined
+    model drafts), the tokens the grammar forces next (its draft, at no drafting cost), and
+    whether a plain Verify is queued on the target whose result it takes. False when empty:
+    then the next round may be a plain stretch."""
+
+    pending: Draft = field(default_factory=Draft)
+    forced: tuple[int, ...] = ()
+    ahead: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.pending or self.forced or self.ahead)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """A round sent and verified: its draft (``lead`` forced tokens first, the proposers
+    asked for ``k``), the target's result, how long the drafting and the whole round took,
+    and whether the next plain step is queued behind it."""
+
+    draft: Draft
+    res: Verified
+    k: int = 0
+    lead: int = 0
+    t_draft: float = 0.0
+    elapsed: float = 0.0
+    ahead: bool = False
 
 
 class RequestRun:
@@ -113,25 +144,18 @@ class RequestRun:
         return guard
 
     async def events(self) -> AsyncGenerator[GenerationEvent, None]:
-        self.b.run_started()
-        self.live = True
-        guard = await self._open()
-        assert self.target is not None
-        await self._setup_drafting()
+        """The request's events: its text as the target verifies it, then :class:`Finished`.
+        Each round: the budget, a plain stretch where the policy says no round could draft,
+        else one round sent (:meth:`_send_round`), taken into the output
+        (:meth:`_take_round`) and handed on to the next (:meth:`_next_carry`)."""
+        guard = await self._start()
         if self.req.echo:
             echo = b"".join(self.pieces[t] for t in self.prompt).decode("utf-8", "replace")
             yield TextDelta(text=echo)
         control = self._control()
-        n_ctx = self.info.n_ctx
-        # Drafts for the next round made while this one verified (pipelined model drafts).
-        pending = Draft()
-        # Tokens the grammar forces next: the next round's draft, at no drafting cost.
-        forced: tuple[int, ...] = ()
-        grammar_done = False
-        # A plain Verify queued on the target whose result the next round takes.
-        ahead = False
+        carry, grammar_done = _Carry(), False
         while not guard.finished and not grammar_done:
-            room = n_ctx - len(self.prompt) - len(self.output)
+            room = self.info.n_ctx - len(self.prompt) - len(self.output)
             if room <= 0:
                 break
             # Tokens a round may still emit: draft no more than the budget can use.
@@ -139,50 +163,86 @@ class RequestRun:
             # The batch this round joins: the controller prices its verify at that width.
             control.observe_load(self.b.live_runs)
             t0 = time.perf_counter()
-            draft, k, lead, t_draft = Draft(), 0, 0, 0.0
             ngram_seen = len(self.ngram.tokens) if self.ngram is not None else 0
-            if ahead:  # the plain step queued last round
-                ahead = False
-                res = await self._target_call(self.target.read_verified())
-            else:
-                stretch = 0 if (pending or forced) else self._stretch(control, room, guard)
-                if stretch > 1:
-                    async for item in self._plain_run(stretch, guard, control):
-                        if isinstance(item, GenerateEnd):
-                            forced, grammar_done = item.forced, item.grammar_done
-                        else:
-                            yield item
-                    continue
-                draft, k, lead = await self._draft(control, left, pending, forced)
-                forced = ()
-                t_draft = time.perf_counter() - t0
-                if self.drafter is not None:
-                    self.drafter.start_pipeline(draft, len(self.prompt) + len(self.output))
-                res, ahead = await self._target_call(self._round(draft, left))
-            elapsed = time.perf_counter() - t0
-            self._account(control, draft, res, k=k, lead=lead, elapsed=elapsed, t_draft=t_draft)
-            block = [*draft.tokens[: res.accepted], res.next_token]
+            stretch = 0 if carry else self._stretch(control, room, guard)
+            if stretch > 1:
+                end: GenerateEnd | None = None
+                async for item in self._plain_run(stretch, guard, control):
+                    if isinstance(item, GenerateEnd):
+                        end = item
+                    else:
+                        yield item
+                if end is not None:
+                    carry, grammar_done = _Carry(forced=end.forced), end.grammar_done
+                continue
+            sent = await self._send_round(control, left, carry, t0)
             before = len(self.output)
-            self._commit(block, lead=lead, ngram_seen=ngram_seen)
-            deltas, kept = self._deltas(guard, block, res, lead=lead, drafted=bool(draft))
+            deltas, grammar_done = self._take_round(control, guard, sent, ngram_seen)
             for delta in deltas:
                 yield delta
-            if res.grammar_done and kept == len(block):
-                grammar_done = True  # the output is complete, even at max_tokens
             if guard.finished or grammar_done:
                 break
-            # A plain step queued behind this one already took the first forced token.
-            forced = () if ahead else res.forced
-            pending = Draft()
-            if self.drafter is not None:
-                pending = await self.drafter.after_round(draft, res, len(self.prompt) + before)
-            if forced:
-                pending = Draft()
+            carry = await self._next_carry(sent, before)
         tail = guard.finish()
         if tail:
             yield TextDelta(text=tail, round=self.c.round_no)
         self.done = True
-        yield Finished(
+        yield self._finished(guard, grammar_done=grammar_done)
+
+    async def _start(self) -> OutputGuard:
+        """Count the run in on the route, open the target session and the proposers; the
+        output's guard."""
+        self.b.run_started()
+        self.live = True
+        guard = await self._open()
+        await self._setup_drafting()
+        return guard
+
+    async def _send_round(
+        self, control: RequestControl, left: int, carry: _Carry, t0: float
+    ) -> _Sent:
+        """This round on the target: the result of the plain step queued last round, or this
+        round's draft (:meth:`_draft`) sent as a Verify (with the pipelined draft of the next
+        round started while it verifies). ``t0``: when the round began."""
+        assert self.target is not None
+        if carry.ahead:  # the plain step queued last round
+            res = await self._target_call(self.target.read_verified())
+            return _Sent(Draft(), res, elapsed=time.perf_counter() - t0)
+        draft, k, lead = await self._draft(control, left, carry.pending, carry.forced)
+        t_draft = time.perf_counter() - t0
+        if self.drafter is not None:
+            self.drafter.start_pipeline(draft, len(self.prompt) + len(self.output))
+        res, ahead = await self._target_call(self._round(draft, left))
+        return _Sent(draft, res, k, lead, t_draft, time.perf_counter() - t0, ahead)
+
+    def _take_round(
+        self, control: RequestControl, guard: OutputGuard, sent: _Sent, ngram_seen: int
+    ) -> tuple[list[TextDelta], bool]:
+        """Count the round and commit its verified block; the deltas to emit, and whether
+        the grammar completed the output with it (then it ends, even at max_tokens)."""
+        draft, res = sent.draft, sent.res
+        self._account(control, sent)
+        block = [*draft.tokens[: res.accepted], res.next_token]
+        self._commit(block, lead=sent.lead, ngram_seen=ngram_seen)
+        deltas, kept = self._deltas(guard, block, res, lead=sent.lead, drafted=bool(draft))
+        return deltas, res.grammar_done and kept == len(block)
+
+    async def _next_carry(self, sent: _Sent, before: int) -> _Carry:
+        """What the round hands the next (``before``: output tokens before the round): the
+        tokens the grammar forces next, else the drafter's pipelined draft if it held."""
+        # A plain step queued behind this one already took the first forced token.
+        forced = () if sent.ahead else sent.res.forced
+        pending = Draft()
+        if self.drafter is not None:
+            pending = await self.drafter.after_round(
+                sent.draft, sent.res, len(self.prompt) + before
+            )
+        if forced:
+            pending = Draft()
+        return _Carry(pending, forced, ahead=sent.ahead)
+
+    def _finished(self, guard: OutputGuard, *, grammar_done: bool) -> Finished:
+        return Finished(
             finish_reason="stop" if grammar_done else (guard.finish_reason or "length"),
             usage=Usage(prompt_tokens=len(self.prompt), completion_tokens=guard.count),
             stats=self._stats(),
@@ -268,31 +328,22 @@ class RequestRun:
             costs=self.b.costs,
         )
 
-    def _account(
-        self,
-        control: RequestControl,
-        draft: Draft,
-        res: Verified,
-        *,
-        k: int,
-        lead: int,
-        elapsed: float,
-        t_draft: float,
-    ) -> None:
+    def _account(self, control: RequestControl, sent: _Sent) -> None:
         """Count the round, teach the controllers and the route's verify costs, and step the
         copy state. The controller learns from the proposer's part of the draft only: forced
         tokens cost no drafting and are always accepted."""
-        self.c.draft_ms += t_draft * 1000.0
+        draft, res, lead, elapsed = sent.draft, sent.res, sent.lead, sent.elapsed
+        self.c.draft_ms += sent.t_draft * 1000.0
         self.c.verify_ms += res.verify_ms
         self.c.record_round(len(draft), res.accepted, lead, load=control.load)
         self.b.record_verify(len(draft) + 1, res.verify_ms / 1000.0)
         own, own_acc = len(draft) - lead, max(0, res.accepted - lead)
         if own:
-            control.record(k, own, own_acc, elapsed, t_draft)
+            control.record(sent.k, own, own_acc, elapsed, sent.t_draft)
         elif not lead:
             control.record_plain(elapsed)
         result = RoundResult(
-            k=k,
+            k=sent.k,
             drafted=own,
             accepted=own_acc,
             elapsed=elapsed,
