@@ -39,7 +39,9 @@ REPEAT = "Repeat exactly, four times: alpha beta gamma delta epsilon"
 
 @pytest.fixture
 async def agent(smollm_path: Path) -> AsyncIterator[AgentServer]:
-    cfg = EngineConfig(model_id=ROUTE, path=smollm_path, ctx_size=2048, max_sessions=8, threads=2)
+    # Continuous batching on (whatever the default): the route row shows its occupancy.
+    cfg = EngineConfig(model_id=ROUTE, path=smollm_path, ctx_size=2048, max_sessions=8, threads=2,
+                       batch_steps=True)  # fmt: skip
     server = AgentServer(AgentSettings(listen="127.0.0.1:0", engines=(cfg,)))
     await server.start()
     try:
@@ -157,18 +159,21 @@ async def test_page_routes_playground_and_charts_live(gateway: Any, browser: Any
     shown = int(await row.locator('[data-col="rounds"]').get_attribute("data-rounds") or 0)
     assert 0 < shown <= totals["rounds"], (shown, totals)
     assert float(await _cell(row, "mean_accepted")) > 1.0
-    # Batch occupancy: what the route reports (requests running now, the engine's batch when
-    # it reports one), else a dash.
+    # Batch occupancy: the requests running on the route now (when the loop reports them) and
+    # the engine's shared decodes.
     batch = next(r for r in snap["routes"] if r["name"] == ROUTE)["batch"]
     cell = f'#route-table tr[data-route="{ROUTE}"] [data-col="batch"]'
-    if batch["live_runs"] is None and batch["sessions_per_step"] is None:
-        assert await _cell(row, "batch") == DASH
     if batch["live_runs"] is not None:  # the requests are over: the page shows none running
         await page.wait_for_function(
             "sel => document.querySelector(sel).textContent.startsWith('0 running')", arg=cell
         )
-    if batch["sessions_per_step"] is not None:
-        assert "tokens per step" in await _cell(row, "batch")
+    # The engine batches: the page reads its occupancy (the shared decodes it ran).
+    await page.wait_for_function(
+        "sel => document.querySelector(sel).textContent.includes('tokens per step')", arg=cell
+    )
+    batch = next(r for r in (await _snapshot(gw.url))["routes"] if r["name"] == ROUTE)["batch"]
+    assert batch["batching"] is True and batch["decodes"] > 0, batch
+    assert batch["sessions_per_step"] >= 1.0 and batch["tokens_per_step"] >= 1.0, batch
     verify = f'#verify-charts [data-chart="{AUTO}"] svg'
     await page.locator(verify).wait_for()
     assert await _number(page, verify, "data-points") >= 2

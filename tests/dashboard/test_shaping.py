@@ -4,13 +4,18 @@ fed by the gateway's real metrics (verify rounds -> mean accepted length)."""
 
 from __future__ import annotations
 
+import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from tightwad.clock import FakeClock
+from tightwad.engine.contract import BatchOccupancy
 from tightwad.gateway.dashboard.history import History, registry_counts
+from tightwad.gateway.dashboard.occupancy import EngineOccupancy
 from tightwad.gateway.dashboard.playground import event_frame
+from tightwad.gateway.dashboard.site import with_occupancy
 from tightwad.gateway.dashboard.views import batch_view, drafting_verdict, route_view
 from tightwad.gateway.metrics import GatewayMetrics
 from tightwad.gateway.types import Finished, GenerationStats, TextDelta, Usage
@@ -150,3 +155,46 @@ def test_the_series_is_dense_and_per_bucket() -> None:
     assert history.tokens_per_second("r", seconds=6.0) == pytest.approx(4 / 6)
     clock.advance(20.0)
     assert set(history.series("r")["tok_s"]) == {0.0}
+
+
+# --- the engines' batch occupancy --------------------------------------------------------------
+
+
+class _Target:
+    """Stands in for an EngineClient's Info (its engine is exercised in the browser tests)."""
+
+    def __init__(self, address: str, answer: Any) -> None:
+        self.address, self.model, self.answer, self.calls = address, "m", answer, 0
+
+    async def info(self) -> Any:
+        self.calls += 1
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        if self.answer == "slow":
+            await asyncio.sleep(5)
+        return SimpleNamespace(batch=BatchOccupancy(enabled=True, decodes=4, jobs=6))
+
+
+def _route(target: _Target | None) -> Any:
+    return SimpleNamespace(spec=SimpleNamespace(target=target))
+
+
+async def test_occupancy_asks_each_engine_once_and_drops_the_failing_ones() -> None:
+    shared, broken, slow = _Target("a:1", "ok"), _Target("b:1", OSError("down")), _Target(
+        "c:1", "slow")  # fmt: skip
+    routes = {"x": _route(shared), "y": _route(shared), "z": _route(broken),
+              "s": _route(slow), "plain": object(), "none": _route(None)}  # fmt: skip
+    occupancy = EngineOccupancy(timeout_s=0.05)
+    await occupancy.refresh(routes)
+    assert shared.calls == 1 and set(occupancy.latest) == {"x", "y"}
+    assert occupancy.latest["x"]["decodes"] == 4 and occupancy.latest["x"]["enabled"] is True
+    view = batch_view(with_occupancy(_entry(), occupancy.latest["x"])["details"])
+    assert (view["batching"], view["sessions_per_step"]) == (True, 1.5)
+
+
+def test_a_routes_own_batch_numbers_win_over_the_engines() -> None:
+    own = _entry(batch={"enabled": False})
+    assert with_occupancy(own, {"enabled": True, "decodes": 3}) is own
+    assert with_occupancy(_entry(), None)["details"] == {}
+    merged = with_occupancy(_entry(live_runs=2), {"decodes": 3})
+    assert merged["details"] == {"live_runs": 2, "batch": {"decodes": 3}}

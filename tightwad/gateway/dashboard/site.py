@@ -1,7 +1,9 @@
 """The dashboard's HTTP surface on the gateway app.
 
-Owns :class:`Dashboard` (the page's state: the rolling :class:`History`, the controller's
-:class:`~tightwad.gateway.dashboard.feed.ClusterFeed` when one is set) and :func:`add_routes`:
+Owns :class:`Dashboard` (the page's state: the rolling :class:`History`, the target engines'
+batch occupancy (:class:`~tightwad.gateway.dashboard.occupancy.EngineOccupancy`, read while a
+page looks), the controller's :class:`~tightwad.gateway.dashboard.feed.ClusterFeed` when one is
+set) and :func:`add_routes`:
 
     GET  /                          the page (index.html)                  open
     GET  /dashboard/static/{file}   its script and styles, from the package open
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,6 +36,7 @@ from aiohttp import web
 
 from tightwad.gateway.api import GATEWAY, error_response
 from tightwad.gateway.dashboard.history import History, RouteTotals, registry_counts
+from tightwad.gateway.dashboard.occupancy import EngineOccupancy
 from tightwad.gateway.dashboard.views import route_view
 from tightwad.gateway.metrics import route_status
 from tightwad.gateway.sse import SSEWriter
@@ -63,6 +67,8 @@ class DashboardSettings:
     push_s: float = 1.0
     interval_s: float = 2.0
     window_s: float = 600.0
+    # How often the target engines are asked for their batch occupancy while a page looks.
+    occupancy_s: float = 2.0
     controller: str | None = None
     token: str | None = field(default=None, repr=False)
     credentials: Any = None
@@ -75,6 +81,8 @@ class Dashboard:
         self.settings = settings or DashboardSettings()
         s = self.settings
         self.history = History(interval_s=s.interval_s, window_s=s.window_s)
+        self.occupancy = EngineOccupancy()
+        self._viewed = -math.inf  # monotonic time of the last snapshot a page got
         self.feed: ClusterFeed | None = None
         if s.controller:
             from tightwad.gateway.dashboard.feed import ClusterFeed
@@ -91,11 +99,14 @@ class Dashboard:
     def snapshot(self, app: web.Application) -> dict[str, Any]:
         """The routes table now: one :func:`route_view` per route of the live table."""
         gateway = app[GATEWAY]
+        self._viewed = time.monotonic()
         routes = []
         for name, backend in list(gateway.routes.items()):
             limiter = gateway.limiters.get(name)
             running, waiting = (limiter.running, limiter.waiting) if limiter else (0, 0)
-            entry = route_status(name, backend, running, waiting)
+            entry = with_occupancy(
+                route_status(name, backend, running, waiting), self.occupancy.latest.get(name)
+            )
             totals = self.history.totals.get(name) or RouteTotals()
             routes.append(
                 route_view(
@@ -118,9 +129,15 @@ class Dashboard:
         """aiohttp cleanup context: sample the metrics for the app's whole life."""
 
         async def run() -> None:
+            asked = -math.inf
             while True:
                 try:
                     self.sample(app)
+                    now = time.monotonic()
+                    looked = now - self._viewed < 5 * max(self.settings.push_s, 1.0)
+                    if looked and now - asked >= self.settings.occupancy_s:
+                        asked = now
+                        await self.occupancy.refresh(app[GATEWAY].routes)
                 except Exception:
                     log.exception("dashboard_sample_failed")
                 await asyncio.sleep(self.settings.interval_s / 2)
@@ -137,6 +154,15 @@ class Dashboard:
 
 
 DASHBOARD = web.AppKey("tightwad_dashboard", Dashboard)
+
+
+def with_occupancy(entry: dict[str, Any], batch: dict[str, Any] | None) -> dict[str, Any]:
+    """``entry`` with the engine's batch occupancy as ``details["batch"]`` when the route's
+    own status does not carry one (the route's own numbers win)."""
+    details = entry.get("details")
+    if batch is None or not isinstance(details, dict) or details.get("batch") is not None:
+        return entry
+    return {**entry, "details": {**details, "batch": batch}}
 
 
 # --- the page's own files (open) -------------------------------------------------------------

@@ -176,10 +176,11 @@ function batchCell(b) {
     lines.push(el("div", { class: "sub", "data-batch": "steps", text: "engine batching off" }));
   } else if (known(b.sessions_per_step)) {
     const tokens = known(b.tokens_per_step) ? fmt(b.tokens_per_step) : "–";
-    const now = known(b.recent_sessions_per_step) ? ` (now ${fmt(b.recent_sessions_per_step)})` : "";
+    const now = known(b.recent_sessions_per_step) ? `; recently ${fmt(b.recent_sessions_per_step)} sessions per step` : "";
+    const n = b.sessions_per_step;
     lines.push(el("div", { class: "sub", "data-batch": "steps",
-      title: `${b.decodes} shared decodes; at most ${b.max_sessions_per_step} sessions and ${b.max_tokens_per_step} tokens in one`,
-      text: `${fmt(b.sessions_per_step)} sessions${now} · ${tokens} tokens per step` }));
+      title: `${b.decodes} shared decodes; at most ${b.max_sessions_per_step} sessions and ${b.max_tokens_per_step} tokens in one${now}`,
+      text: `${fmt(n)} session${n === 1 ? "" : "s"} · ${tokens} tokens per step` }));
   }
   if (!lines.length) return el("td", { "data-col": "batch", text: "–" });
   return el("td", { "data-col": "batch" }, ...lines);
