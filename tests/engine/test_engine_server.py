@@ -37,6 +37,7 @@ async def test_serves_its_engines_and_closes_them_on_stop(smollm_path: Path) -> 
             auth = (("authorization", "Bearer s3cret"),)
             info = await stub.Info(engine_pb2.InfoRequest(model="smollm"), metadata=auth)
             assert info.model == "smollm" and info.capabilities.can_verify
+            assert not info.HasField("batch")  # batching off: no occupancy to tell
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.Info(engine_pb2.InfoRequest(model="smollm"))
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -57,7 +58,9 @@ async def test_info_carries_the_live_batch_occupancy(smollm_path: Path) -> None:
     from tightwad.gateway.engine_client import EngineClient
     from tightwad.spec.sampling import SamplingConfig
 
-    cfg = EngineConfig("smollm", smollm_path, ctx_size=256, max_sessions=3, batch_size=256)
+    cfg = EngineConfig(
+        "smollm", smollm_path, ctx_size=256, max_sessions=3, batch_size=256, batch_steps=True
+    )
     server = EngineServer("127.0.0.1:0", engines=(cfg,))
     address = await server.start()
     client = EngineClient(address, "smollm")

@@ -182,7 +182,7 @@ class Engine:
         *,
         batch_steps: bool | None = None,
     ) -> Engine:
-        """Load ``cfg``'s model. ``batch_steps`` (default: the config's ``batch_steps``, on)
+        """Load ``cfg``'s model. ``batch_steps`` (default: the config's ``batch_steps``)
         runs the pending work of all sessions as one forward pass per step
         (:mod:`tightwad.engine.step_batcher`)."""
         batching = cfg.batch_steps if batch_steps is None else batch_steps
