@@ -1,9 +1,10 @@
 """Speculation under load on a real engine: several concurrent requests through a real gateway
-route with n-gram drafting, over SmolLM2-135M (one engine: on a batching one their steps share
-a ``llama_decode``). Each greedy output equals the target decoding alone or departs at a
-near-tie (batch mates change the numerics in the last bits), the route counts its live runs
-while they run (the load its draft-length control prices a round's verify at) and none after,
-and each response's stats say the load its control saw."""
+route with n-gram drafting, over SmolLM2-135M, on an engine that steps its sessions one
+command at a time and on one that batches them (their steps share a ``llama_decode``). Each
+greedy output equals the target decoding alone or departs at a near-tie (batch mates change
+the numerics in the last bits), the route counts its live runs while they run (the load its
+draft-length control prices a round's verify at) and none after, each response's stats say the
+load its control saw, and the route's status shows the engine's batch occupancy."""
 
 from __future__ import annotations
 
@@ -43,12 +44,16 @@ class Stack:
     url: str
     target: EngineClient
     client: openai.AsyncOpenAI
+    batching: bool
 
 
-@pytest.fixture
-async def stack(smollm_path: Path) -> AsyncIterator[Stack]:
-    # The engine's default stepping (batching is opt-in, EngineConfig.batch_steps).
-    cfg = EngineConfig("smol", smollm_path, ctx_size=1024, max_sessions=8, threads=2)
+# Sessions stepped one command at a time, and batched (their steps share a llama_decode).
+@pytest.fixture(params=[False, True], ids=["serial", "batched"])
+async def stack(smollm_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
+    batching = bool(request.param)
+    cfg = EngineConfig(
+        "smol", smollm_path, ctx_size=1024, max_sessions=8, threads=2, batch_steps=batching
+    )
     engine = EngineServer("127.0.0.1:0", engines=(cfg,))
     address = await engine.start()
     route = RouteSpec(
@@ -59,7 +64,7 @@ async def stack(smollm_path: Path) -> AsyncIterator[Stack]:
     target = EngineClient(address, "smol")
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
     try:
-        yield Stack(url, target, client)
+        yield Stack(url, target, client, batching)
     finally:
         await client.close()
         await target.close()
@@ -138,6 +143,19 @@ async def test_concurrent_requests_equal_the_target_alone_and_show_their_load(
             with pytest.raises(asyncio.CancelledError):
                 await watcher
         after = await _route_details(http, stack.url)
+        # The target's batch occupancy, read in the background at most every 2 s: a batching
+        # engine's readings come to show steps shared by several sessions.
+        for _ in range(60):
+            batch = (await _route_details(http, stack.url))["batch"]
+            assert isinstance(batch, dict) and batch["enabled"] is stack.batching, batch
+            if not stack.batching or batch["max_jobs"] >= 2:
+                break
+            await asyncio.sleep(0.1)
+        if stack.batching:
+            assert batch["max_jobs"] >= 2 and batch["decodes"] > 0, batch
+            assert batch["max_sessions"] == 8, batch
+        else:
+            assert batch["decodes"] == 0 and batch["mean_sessions_per_step"] == 0.0, batch
 
     identical = 0
     loads = []

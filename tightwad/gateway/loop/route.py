@@ -9,6 +9,7 @@ Each request runs in a :class:`~tightwad.gateway.loop.run.RequestRun`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,10 @@ from tightwad.spec.verify_cost import VerifyCosts
 __all__ = ["DrafterHealth", "RouteSpec", "SpecBackend"]
 
 log = get_logger("tightwad.gateway.loop")
+
+#: The target's batch occupancy on the status page is read again at most this often (in the
+#: background, when a request starts or the status is asked for).
+BATCH_REFRESH_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +141,11 @@ class SpecBackend:
         # most seen at once.
         self._live = 0
         self._peak_live = 0
+        # The target's batch occupancy as last read (its Info), when, and the read under way.
+        self._batch: dict[str, int | float | bool] | None = None
+        self._batch_read_at = 0.0
+        self._batch_asked_at: float | None = None
+        self._batch_task: asyncio.Task[None] | None = None
         self._ready = False
         self._error = ""
 
@@ -170,6 +180,7 @@ class SpecBackend:
         """A request's run began (:class:`RequestRun` calls it once, then :meth:`run_ended`)."""
         self._live += 1
         self._peak_live = max(self._peak_live, self._live)
+        self._refresh_batch()
 
     def run_ended(self) -> None:
         self._live = max(0, self._live - 1)
@@ -190,6 +201,36 @@ class SpecBackend:
                 ctl.use_verify_costs(self.costs.seconds)
             self._controllers[proposer] = ctl
         return self._controllers[proposer]
+
+    def _refresh_batch(self) -> None:
+        """Read the target's batch occupancy again in the background, unless a read is under
+        way or one began less than :data:`BATCH_REFRESH_S` ago (no Info call per status
+        request)."""
+        now = time.monotonic()
+        if self._batch_task is not None and not self._batch_task.done():
+            return
+        if self._batch_asked_at is not None and now - self._batch_asked_at < BATCH_REFRESH_S:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._batch_asked_at = now
+        self._batch_task = loop.create_task(self._read_batch())
+
+    async def _read_batch(self) -> None:
+        try:
+            info = await asyncio.wait_for(self.spec.target.info(), 5.0)
+        except Exception as exc:  # a status read: the last reading stays, with its age
+            log.debug("route_batch_read_failed", route=self.spec.name, reason=str(exc))
+            return
+        self._batch, self._batch_read_at = info.batch.as_dict(), time.monotonic()
+
+    def _batch_details(self) -> dict[str, object] | None:
+        """The target's batch occupancy as last read, with how old the reading is."""
+        if self._batch is None:
+            return None
+        return {**self._batch, "age_s": round(time.monotonic() - self._batch_read_at, 1)}
 
     # -- start-up -----------------------------------------------------------------------
 
@@ -217,6 +258,7 @@ class SpecBackend:
                 )
         self._info = info
         self._pieces = pieces
+        self._batch, self._batch_read_at = info.batch.as_dict(), time.monotonic()
         if self.spec.draft_mode != "none" and self.spec.adaptive and self.spec.calibrate:
             await self._calibrate(info)
         self._ready = True
@@ -288,6 +330,8 @@ class SpecBackend:
 
     def info(self) -> RouteInfo:
         i = self._info
+        if self._ready:
+            self._refresh_batch()
         return RouteInfo(
             name=self.spec.name,
             target=i.model if i else self.spec.target.model,
@@ -314,6 +358,9 @@ class SpecBackend:
                 # verify at: live runs x their width), and the most at once since start.
                 "live_runs": self._live,
                 "peak_live_runs": self._peak_live,
+                # The target engine's continuous batching (sessions and tokens per forward
+                # pass, its limits; enabled False where it does not batch), as last read.
+                "batch": self._batch_details(),
                 "drafting": self._drafting_state(),
                 # What a Verify of each batch width costs on the target (calibrated, then
                 # kept current), and how many tokens a copy therefore drafts at most.
