@@ -84,8 +84,10 @@ async def gateway_stack(
     threads: int = 2,
     ctx_size: int = 4096,
     max_sessions: int = 2,
+    batch_steps: bool | None = None,
 ) -> AsyncIterator[GatewayStack]:
-    """A target agent (+ a draft agent when ``draft``) and a gateway serving ``routes``."""
+    """A target agent (+ a draft agent when ``draft``) and a gateway serving ``routes``;
+    ``batch_steps`` turns the engines' continuous batching on or off (None: their default)."""
     agents: list[AgentServer] = []
     try:
 
@@ -96,6 +98,7 @@ async def gateway_stack(
                 ctx_size=ctx_size,
                 max_sessions=max_sessions,
                 threads=threads,
+                **({} if batch_steps is None else {"batch_steps": batch_steps}),
             )
             agent = AgentServer(
                 AgentSettings(listen="127.0.0.1:0", engines=(cfg,), node_service=False)

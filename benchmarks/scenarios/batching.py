@@ -1,6 +1,7 @@
 """Scenario ``batching`` (issue 15's ``concurrency``): N concurrent streaming clients through
-the real gateway (embedded engine on an agent, continuous batching on) vs ``llama-server -np
-N`` (its continuous batching), same model, threads and prompts, one run.
+the real gateway (embedded engine on an agent, continuous batching on: EngineConfig.batch_steps,
+off by default, is turned on here; ``--no-batching`` for the engine without it) vs
+``llama-server -np N`` (its continuous batching), same model, threads and prompts, one run.
 
 Workloads, per N:
 - ``mixed``: N clients each streaming a different greedy prompt of the suite (no edit prompts);
@@ -11,8 +12,9 @@ Workloads, per N:
 
 Each round starts N clients at once; aggregate tok/s = completion tokens of the round / the
 round's wall time (prefill included: a round is what a client population sees); TTFT p50/p99
-over every request of every round at that N. Rounds alternate the system order. llama-server
-is restarted with ``-np N`` for each N; the gateway stack serves up to max(N) sessions.
+over every request of every round at that N. Rounds alternate the system order. One
+llama-server per N (``-np N``), all started first, idle but the one in use; the gateway
+stack serves up to max(N) sessions.
 
 ``python -m benchmarks.run batching [--clients 1,2,4,8] [--rounds 2] [--max-tokens 96]``
 (or ``python -m benchmarks.scenarios.batching``).
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import Sequence
@@ -58,6 +61,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=2, help="rounds per N and system")
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--no-batching",
+        action="store_true",
+        help="the engine without continuous batching (EngineConfig.batch_steps off)",
+    )
     p.add_argument(
         "--systems",
         default=",".join(SYSTEMS),
@@ -141,6 +149,7 @@ async def run(args: argparse.Namespace) -> Report:
             "clients": counts,
             "rounds": args.rounds,
             "systems": systems,
+            "batch_steps": not args.no_batching,
         },
         baseline={"tightwad": "llama-server", "tightwad-ngram": "llama-server-edit"},
     )
@@ -149,38 +158,46 @@ async def run(args: argparse.Namespace) -> Report:
     agg: Agg = {s: {n: [] for n in counts} for s in systems}
     ttft: Ttft = {s: {n: [] for n in counts} for s in systems}
     warm = Prompt("warm-up", "warm-up", "Say hello.")
-    async with gateway_stack(
-        model,
-        [Route("none", "none"), Route("ngram", "ngram")],
-        threads=args.threads,
-        ctx_size=2048,
-        max_sessions=max(counts),
-    ) as gw:
-        gateway = openai.AsyncOpenAI(
-            base_url=f"{gw.url}/v1", api_key="bench", max_retries=0, timeout=600.0
-        )
-        try:
-            for route in ("none", "ngram"):
-                await stream_chat(gateway, "warm-up", warm, model=route, max_tokens=8)
-            for n in counts:
-                async with llama_server(
+    async with contextlib.AsyncExitStack() as stack:
+        # Every llama-server (one per N) starts before the gateway stack: forking a process
+        # whose gRPC threads are running can abort the child before it execs.
+        servers: dict[int, str] = {}
+        for n in counts:
+            servers[n] = await stack.enter_async_context(
+                llama_server(
                     model,
                     threads=args.threads,
                     ctx_size=2048 * n,
                     extra=["-np", str(n)],
                     log_path=log_dir / f"llama-server-np{n}.log",
-                ) as ls:
-                    server = openai.AsyncOpenAI(
-                        base_url=f"{ls}/v1", api_key="bench", max_retries=0, timeout=600.0
-                    )
-                    try:
-                        await stream_chat(server, "warm-up", warm, model="m", max_tokens=8)
-                        clients = {"gateway": gateway, "llama-server": server}
-                        await _rounds_at(n, args, systems, clients, report, agg, ttft)
-                    finally:
-                        await server.close()
-        finally:
-            await gateway.close()
+                )
+            )
+        gw = await stack.enter_async_context(
+            gateway_stack(
+                model,
+                [Route("none", "none"), Route("ngram", "ngram")],
+                threads=args.threads,
+                ctx_size=2048,
+                max_sessions=max(counts),
+                batch_steps=not args.no_batching,
+            )
+        )
+        gateway = openai.AsyncOpenAI(
+            base_url=f"{gw.url}/v1", api_key="bench", max_retries=0, timeout=600.0
+        )
+        stack.push_async_callback(gateway.close)
+        for route in ("none", "ngram"):
+            await stream_chat(gateway, "warm-up", warm, model=route, max_tokens=8)
+        for n in counts:
+            server = openai.AsyncOpenAI(
+                base_url=f"{servers[n]}/v1", api_key="bench", max_retries=0, timeout=600.0
+            )
+            try:
+                await stream_chat(server, "warm-up", warm, model="m", max_tokens=8)
+                clients = {"gateway": gateway, "llama-server": server}
+                await _rounds_at(n, args, systems, clients, report, agg, ttft)
+            finally:
+                await server.close()
     _summarize(report, agg, ttft, counts, systems)
     return report
 
@@ -261,9 +278,10 @@ def _summarize(report: Report, agg: Agg, ttft: Ttft, counts: list[int], systems:
         "aggregate tok/s = completion tokens of a round of N concurrent streamed requests / the "
         "round's wall time (prefill included), client side, real openai client; TTFT = time to "
         "the first content delta of each request. tightwad: the real gateway over an agent's "
-        "embedded engine (continuous batching on), route `none` on mixed greedy prompts and "
-        "route `ngram` on edit prompts; llama-server: restarted with -np N per N (continuous "
-        "batching), flash attention, same threads, plain decoding on both workloads."
+        "embedded engine (continuous batching on unless config.batch_steps is false), route "
+        "`none` on mixed greedy prompts and route `ngram` on edit prompts; llama-server: "
+        "one per N with -np N (continuous batching), flash attention, same threads, "
+        "plain decoding on both workloads."
     )
 
 
