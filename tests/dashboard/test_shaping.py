@@ -175,18 +175,22 @@ class _Target:
         return SimpleNamespace(batch=BatchOccupancy(enabled=True, decodes=4, jobs=6))
 
 
-def _route(target: _Target | None) -> Any:
-    return SimpleNamespace(spec=SimpleNamespace(target=target))
+def _route(target: _Target | None, details: dict[str, Any] | None = None) -> Any:
+    info = SimpleNamespace(details=details or {})
+    return SimpleNamespace(spec=SimpleNamespace(target=target), info=lambda: info)
 
 
 async def test_occupancy_asks_each_engine_once_and_drops_the_failing_ones() -> None:
     shared, broken, slow = _Target("a:1", "ok"), _Target("b:1", OSError("down")), _Target(
         "c:1", "slow")  # fmt: skip
+    own = _Target("d:1", "ok")
     routes = {"x": _route(shared), "y": _route(shared), "z": _route(broken),
-              "s": _route(slow), "plain": object(), "none": _route(None)}  # fmt: skip
+              "s": _route(slow), "plain": object(), "none": _route(None),
+              "own": _route(own, {"batch": {"decodes": 1}})}  # fmt: skip
     occupancy = EngineOccupancy(timeout_s=0.05)
     await occupancy.refresh(routes)
     assert shared.calls == 1 and set(occupancy.latest) == {"x", "y"}
+    assert own.calls == 0  # the route reports its engine's occupancy itself
     assert occupancy.latest["x"]["decodes"] == 4 and occupancy.latest["x"]["enabled"] is True
     view = batch_view(with_occupancy(_entry(), occupancy.latest["x"])["details"])
     assert (view["batching"], view["sessions_per_step"]) == (True, 1.5)

@@ -4,7 +4,8 @@ Owns :class:`EngineOccupancy`. A route whose status entry does not carry the eng
 occupancy (``details["batch"]``) gets it here: :meth:`EngineOccupancy.refresh` asks each
 distinct target engine (a route's ``spec.target`` with an async ``info()`` returning
 ``.batch``, i.e. :class:`~tightwad.gateway.engine_client.EngineClient`) for its ``Info`` and
-keeps the :class:`~tightwad.engine.contract.BatchOccupancy` as a dict per route. Guarantees:
+keeps the :class:`~tightwad.engine.contract.BatchOccupancy` as a dict per route (a route that
+reports ``details["batch"]`` itself, as the loop's routes do, is not asked). Guarantees:
 one ``Info`` per engine per refresh however many routes share it; each call is bounded by
 ``timeout_s``; an engine that fails or is slow loses its entry (the page shows a dash), never
 the refresh of the others; routes without such a target are skipped.
@@ -23,9 +24,20 @@ __all__ = ["EngineOccupancy"]
 log = get_logger(__name__)
 
 
+def _reports_its_own(backend: object) -> bool:
+    """Whether the route's status already carries ``details["batch"]`` (then it is not asked)."""
+    try:
+        details = backend.info().details  # type: ignore[attr-defined]
+    except Exception:
+        return False
+    return isinstance(details, Mapping) and details.get("batch") is not None
+
+
 def _target(backend: object) -> Any | None:
     target = getattr(getattr(backend, "spec", None), "target", None)
-    return target if callable(getattr(target, "info", None)) else None
+    if not callable(getattr(target, "info", None)) or _reports_its_own(backend):
+        return None
+    return target
 
 
 class EngineOccupancy:
