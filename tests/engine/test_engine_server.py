@@ -28,7 +28,9 @@ async def test_serves_its_engines_and_closes_them_on_stop(smollm_path: Path) -> 
     server = EngineServer(
         "127.0.0.1:0",
         token="s3cret",
-        engines=(EngineConfig("smollm", smollm_path, ctx_size=256, max_sessions=2),),
+        engines=(
+            EngineConfig("smollm", smollm_path, ctx_size=256, max_sessions=2, batch_steps=False),
+        ),
     )
     address = await server.start()
     try:

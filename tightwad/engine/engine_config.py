@@ -48,10 +48,7 @@ class EngineConfig:
     # the last bits (greedy output equal to solo or first different at a near-tie).
     # n choices of one prompt share one prefill (the whole prompt's KV, copied), so their
     # first tokens come from one cache (tests/gateway/test_api_choices_real.py).
-    # Off by default for now: batch mates flip near-ties more often than solo decoding does
-    # (tests/gateway/test_loop_load_real.py wants 3 of 4 concurrent n-gram answers
-    # token-identical to the target alone and saw 2 with batching on, 1 run in 2).
-    batch_steps: bool = False
+    batch_steps: bool = True
     # An Open that finds all ``max_sessions`` taken waits this long for one to free (as
     # llama-server queues requests for its slots), then is refused as overloaded (429).
     open_wait_s: float = 10.0
