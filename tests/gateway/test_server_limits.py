@@ -10,7 +10,7 @@ import aiohttp
 
 from tightwad.config import config_from_mapping
 from tightwad.gateway.api import GatewaySettings
-from tightwad.gateway.server import GatewayServer, RouteLimits, route_limits
+from tightwad.gateway.server import GatewayServer, RouteLimits, route_limits, settings_from_config
 
 from .fakes import FakeBackend
 from .test_api_limits import eventually
@@ -29,6 +29,14 @@ class _Started(FakeBackend):
 
 def _chat(model: str) -> dict[str, object]:
     return {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_gateway_max_choices_comes_from_the_file() -> None:
+    assert (
+        settings_from_config(config_from_mapping({})).max_choices == GatewaySettings().max_choices
+    )
+    cfg = config_from_mapping({"gateway": {"max_choices": 3}})
+    assert settings_from_config(cfg).max_choices == 3
 
 
 def test_route_limits_come_from_the_routes_that_set_them() -> None:

@@ -29,13 +29,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import llguidance
 import numpy as np
 from numpy.typing import NDArray
 
 from tightwad.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
 
 __all__ = [
     "GrammarMatcher",
@@ -52,7 +55,7 @@ _KINDS: tuple[str, ...] = ("json_schema", "lark", "regex")
 
 # Compact JSON by default (what OpenAI's structured outputs produce): a model that is free to
 # add whitespace tends to spend its length limit on newlines.
-_JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False}
+_JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": False}
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ def settings_from_config(cfg: ClusterConfig, *, api_key: str | None = None) -> G
         request_timeout_s=g.request_timeout_s,
         body_timeout_s=g.body_timeout_s,
         status_allow_networks=tuple(str(n) for n in g.metrics_allow),
+        max_choices=g.max_choices,
     )
 
 
