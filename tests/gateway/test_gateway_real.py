@@ -83,7 +83,7 @@ async def _start(smollm_path: Path, *, mode: str, draft_in_own_agent: bool = Tru
             target=EngineClient(agent.address, "smollm"),
             draft_mode=mode,
             drafters=drafters if mode in ("model", "hybrid") else (),
-            draft_timeout_s=2.0,
+            draft_timeout_s=30.0,  # a loaded host makes a draft slow, not failed
             # These tests check that drafting is lossless: always draft (a self-draft of the
             # same size never pays, so the goodput control would rightly turn it off), 16
             # tokens a round, so a stream has several rounds.

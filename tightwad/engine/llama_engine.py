@@ -45,6 +45,7 @@ from tightwad.engine.contract import (
     VerifyResult,
 )
 from tightwad.engine.engine_config import EngineConfig
+from tightwad.engine.offload import placement_line
 from tightwad.engine.session import Session, SessionGrammar, Slot
 from tightwad.engine.session_rules import check_open, check_tokens
 from tightwad.engine.step_batcher import MORE, WAIT, BatchStats, FnJob, Job, StepBatcher
@@ -215,7 +216,13 @@ class Engine:
             if not shared:
                 executor.shutdown(wait=False)
             raise
-        log.info("engine_loaded", model=cfg.model_id, path=str(cfg.path), n_ctx=model.n_ctx)
+        log.info(
+            "engine_loaded",
+            model=cfg.model_id,
+            path=str(cfg.path),
+            n_ctx=model.n_ctx,
+            placement=placement_line(cfg, engine._placement()),
+        )
         return engine
 
     async def close(self) -> None:
