@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
-import importlib.util
 import json
 import os
 import sys
@@ -31,6 +29,7 @@ import structlog
 
 from tightwad import __version__
 from tightwad.cli import render
+from tightwad.cli.bench import run_bench
 from tightwad.cli.client import ControllerClient, ControllerUnreachable, TokenRefused
 from tightwad.config import (
     CONFIG_ENV_VAR,
@@ -58,7 +57,6 @@ __all__ = [
     "execute",
     "main",
     "resolve_context",
-    "run_bench",
     "show_status",
     "stop",
     "swap",
@@ -72,7 +70,6 @@ EXIT_INTERRUPTED = 130
 TOKEN_ENV_VAR = "TIGHTWAD_TOKEN"
 TLS_ENV_VARS = ("TIGHTWAD_TLS_CA", "TIGHTWAD_TLS_CERT", "TIGHTWAD_TLS_KEY")
 _TLS_FLAGS = ("--tls-ca", "--tls-cert", "--tls-key")
-BENCH_MODULE = "benchmarks.run"
 DEFAULT_WAIT_S = 600.0
 _TERMINAL = (DeploymentState.SERVING, DeploymentState.FAILED, DeploymentState.STOPPED)
 
@@ -516,26 +513,6 @@ COMMANDS: dict[str, ArgsCommand] = {
     "events": cmd_events,
     "logs": cmd_logs,
 }
-
-
-# --- bench --------------------------------------------------------------------------------
-
-
-def run_bench(argv: list[str]) -> int:
-    """Hand over to the benchmarks package when it is importable; otherwise say where it is."""
-    try:
-        found = importlib.util.find_spec(BENCH_MODULE) is not None
-    except ModuleNotFoundError:
-        found = False
-    if not found:
-        emit(
-            "tightwadctl bench: the benchmarks are not importable here. See benchmarks/ — "
-            "`tightwadctl bench` drives a live gateway: run it from a checkout of the "
-            "repository (with benchmarks/ on the path) while the gateway serves."
-        )
-        return EXIT_ERROR
-    result = importlib.import_module(BENCH_MODULE).main(argv)
-    return result if isinstance(result, int) else EXIT_OK
 
 
 # --- entry point --------------------------------------------------------------------------

@@ -34,6 +34,7 @@ import aiohttp
 
 from tightwad.cli import ctl
 from tightwad.cli._foreground import run_until_signal
+from tightwad.cli.bench import run_bench
 from tightwad.cli.render import duration, table
 from tightwad.config import (
     CONFIG_ENV_VAR,
@@ -354,7 +355,7 @@ def run_seed(args: argparse.Namespace) -> int:
             return _run_proxy(args)
         if args.command == "benchmark":
             rest = list(args.bench_args)
-            return ctl.run_bench(rest[1:] if rest[:1] == ["--"] else rest)
+            return run_bench(rest[1:] if rest[:1] == ["--"] else rest)
         return _run_ctl(args, _controller_verb(args))
     except TightwadError as exc:
         _say(exc.message)

@@ -173,7 +173,7 @@ def plan_offload(
     reason = "" if devices else "no GPU device visible to ggml"
     for dev in reversed(devices):
         margin = max(opts.margin_min_bytes, int(opts.margin_fraction * dev.memory_total_bytes))
-        room = dev.memory_free_bytes - margin - compute
+        room: float = dev.memory_free_bytes - margin - compute
         take_output = not output_placed
         if take_output:
             room -= out_bytes

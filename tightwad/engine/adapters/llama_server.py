@@ -33,16 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from tightwad.engine.adapters.base import (
-    EOG_TEXTS,
     AdapterConfig,
     AdapterFacts,
     HttpEngine,
     StreamedToken,
     StreamRequest,
-    pieces_fingerprint,
     refuse_tools,
     started,
 )
+from tightwad.engine.adapters.vocab import EOG_TEXTS, pieces_fingerprint
 from tightwad.engine.chat_template import ChatTemplate
 from tightwad.engine.contract import Message, TokenLogprob
 from tightwad.errors import InvalidRequestError, NotFoundError, UnavailableError

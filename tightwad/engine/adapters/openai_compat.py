@@ -25,17 +25,16 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from tightwad.engine.adapters.base import (
-    EOG_TEXTS,
     AdapterConfig,
     AdapterFacts,
     HttpEngine,
     HttpSession,
     StreamedToken,
     StreamRequest,
-    pieces_fingerprint,
     refuse_tools,
     started,
 )
+from tightwad.engine.adapters.vocab import EOG_TEXTS, pieces_fingerprint
 from tightwad.engine.contract import Message, TokenLogprob
 from tightwad.errors import InvalidRequestError, TightwadError, UnavailableError
 from tightwad.logs import get_logger
