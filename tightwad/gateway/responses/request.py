@@ -32,6 +32,7 @@ from typing import Any
 
 from tightwad.engine.grammar import GrammarSpec, json_object_spec
 from tightwad.errors import InvalidRequestError, UnsupportedParameterError
+from tightwad.gateway.openai_fields import type_error as _type_error
 from tightwad.gateway.openai_schema import Limits
 from tightwad.gateway.structured import check_json_schema
 from tightwad.gateway.tools.request import (
@@ -101,24 +102,6 @@ def _bad(param: str, message: str) -> InvalidRequestError:
 
 def _unsupported(param: str, message: str) -> UnsupportedParameterError:
     return UnsupportedParameterError(message, param=param)
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else "an object"
-
-
-def _type_error(param: str, expected: str, value: object) -> InvalidRequestError:
-    return _bad(
-        param, f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)}."
-    )
 
 
 def _only(value: Mapping[str, Any], allowed: set[str], param: str) -> None:
