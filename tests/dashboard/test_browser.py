@@ -7,7 +7,7 @@ with no console error; the route table shows the live route; a playground chat s
 by origin with round boundaries and shows the reply's stats; the tokens-per-second chart and
 the verify-cost chart fill after requests through the OpenAI API; with an API key the page
 shows nothing until the key is entered, and a wrong key is refused. Screenshots of each view
-land in docs/img/.
+land in docs/img/ with TIGHTWAD_SCREENSHOTS=1 (a temporary folder otherwise).
 """
 
 from __future__ import annotations
