@@ -40,7 +40,7 @@ import openai
 from benchmarks.machine import machine_facts
 from benchmarks.measure import RequestResult, stream_chat
 from benchmarks.prompts import Prompt, select
-from benchmarks.report import RESULTS, Report, write_report
+from benchmarks.report import RESULTS, Report
 from benchmarks.stacks import Route, gateway_stack, llama_server
 from tightwad.fetch_models import ensure_model
 
@@ -286,21 +286,10 @@ def _summarize(report: Report, agg: Agg, ttft: Ttft, counts: list[int], systems:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.scenarios.batching")
-    add_arguments(p)
-    args = p.parse_args(argv)
-    from tightwad.logs import configure_logging
+    """Same as ``python -m benchmarks.run batching ...``."""
+    from benchmarks.run import main as run_main
 
-    configure_logging("warning")
-    report = asyncio.run(run(args))
-    for kind, path in write_report(report).items():
-        print(f"{kind}: {path}")
-    for t in report.targets:
-        state = "met" if t["met"] else ("MISSED" if t["met"] is False else "n/a")
-        value = t["measured"]
-        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
-        print(f"  [{state}] {t['target']}: {shown} (goal {t['goal']})")
-    return 0
+    return run_main(["batching", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
