@@ -85,9 +85,11 @@ async def gateway_stack(
     ctx_size: int = 4096,
     max_sessions: int = 2,
     batch_steps: bool | None = None,
+    max_concurrency: int = 4,
 ) -> AsyncIterator[GatewayStack]:
     """A target agent (+ a draft agent when ``draft``) and a gateway serving ``routes``;
-    ``batch_steps`` turns the engines' continuous batching on or off (None: their default)."""
+    ``batch_steps`` turns the engines' continuous batching on or off (None: their default);
+    ``max_concurrency``: the generations one route runs at once (the rest queue)."""
     agents: list[AgentServer] = []
     try:
 
@@ -111,7 +113,9 @@ async def gateway_stack(
         draft_address = None
         if draft is not None:
             draft_address = (await start_agent("draft", draft)).address
-        async with gateway_for(agent.address, routes, draft_address=draft_address) as url:
+        async with gateway_for(
+            agent.address, routes, draft_address=draft_address, max_concurrency=max_concurrency
+        ) as url:
             yield GatewayStack(url, agent.address, draft_address, agents)
     finally:
         for a in reversed(agents):
@@ -126,9 +130,10 @@ async def gateway_for(
     draft_address: str | None = None,
     target_model: str = "target",
     draft_model: str = "draft",
+    max_concurrency: int = 4,
 ) -> AsyncIterator[str]:
-    """The real gateway, in this process, serving ``routes`` over engines at these addresses;
-    yields its base URL."""
+    """The real gateway, in this process, serving ``routes`` over engines at these addresses
+    (at most ``max_concurrency`` generations of a route at once); yields its base URL."""
     specs = []
     for r in routes:
         drafters: tuple[EngineClient, ...] = ()
@@ -148,7 +153,7 @@ async def gateway_for(
         )
     gateway = GatewayServer(
         specs,
-        GatewaySettings(max_concurrency=4, max_queue=16, max_tokens_cap=1 << 20),
+        GatewaySettings(max_concurrency=max_concurrency, max_queue=16, max_tokens_cap=1 << 20),
         host="127.0.0.1",
         port=0,
     )

@@ -1,6 +1,6 @@
 """Scenario ``batching`` (issue 15's ``concurrency``): N concurrent streaming clients through
 the real gateway (embedded engine on an agent, continuous batching on: EngineConfig.batch_steps,
-off by default, is turned on here; ``--no-batching`` for the engine without it) vs
+its default; ``--no-batching`` for the engine without it) vs
 ``llama-server -np N`` (its continuous batching), same model, threads and prompts, one run.
 
 Workloads, per N:
@@ -14,7 +14,8 @@ Each round starts N clients at once; aggregate tok/s = completion tokens of the 
 round's wall time (prefill included: a round is what a client population sees); TTFT p50/p99
 over every request of every round at that N. Rounds alternate the system order. One
 llama-server per N (``-np N``), all started first, idle but the one in use; the gateway
-stack serves up to max(N) sessions.
+stack has as many slots: max(N) engine sessions and a route concurrency of max(N) (so at
+every N all clients run at once on both systems, none queues).
 
 ``python -m benchmarks.run batching [--clients 1,2,4,8] [--rounds 2] [--max-tokens 96]``
 (or ``python -m benchmarks.scenarios.batching``).
@@ -178,7 +179,10 @@ async def run(args: argparse.Namespace) -> Report:
                 [Route("none", "none"), Route("ngram", "ngram")],
                 threads=args.threads,
                 ctx_size=2048,
+                # As many slots as llama-server -np N at the largest N: every client runs
+                # at once (sessions and the route's concurrency), none waits in a queue.
                 max_sessions=max(counts),
+                max_concurrency=max(counts),
                 batch_steps=not args.no_batching,
             )
         )

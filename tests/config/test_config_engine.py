@@ -52,15 +52,20 @@ def test_engine_batching_keys_default_to_the_engines_own() -> None:
 
 def test_engine_batching_keys_are_read() -> None:
     got = config_from_mapping(
-        {"engine": {"batch_steps": True, "open_wait_s": 2, "prefill_chunk": 128, "max_sessions": 8}}
+        {"engine": {"batch_steps": True, "open_wait_s": 2, "prefill_chunk": 128, "max_sessions": 6}}
     ).engine
     assert (got.batch_steps, got.open_wait_s, got.prefill_chunk, got.max_sessions) == (
         True,
         2.0,
         128,
-        8,
+        6,
     )
     assert isinstance(got.open_wait_s, float)
+
+
+def test_engine_max_sessions_defaults_to_eight_slots() -> None:
+    # Eight concurrent chats (llama-server -np 8's slots) start at once by default.
+    assert config_from_mapping({}).engine.max_sessions == 8
 
 
 @pytest.mark.parametrize(

@@ -394,7 +394,11 @@ class EngineConfig:
     # Tokens one forward pass takes at most (llama.cpp's n_batch); with ``batch_steps`` it is
     # the step's token budget that the sessions' steps and prefill chunks share.
     batch_size: int = 512
-    max_sessions: int = 4
+    # Concurrent sessions per engine (as llama-server's slots: eight chat tabs all start at
+    # once). The KV cache holds ``ctx_size * max_sessions`` cells, allocated at load: f16 K+V
+    # is 2 * layers * kv_heads * head_dim * 2 bytes a cell (28 KiB for Qwen2.5-1.5B, 128 KiB
+    # for Llama-3-8B: 1.75 / 8 GiB at 8 x 8192); lower either when the model does not fit.
+    max_sessions: int = 8
     n_gpu_layers: int | Literal["auto"] = "auto"
     # The engine's own defaults (tightwad.engine.engine_config.EngineConfig, where they are
     # explained): one forward pass for all sessions, the wait of an Open for a free session,
