@@ -1,12 +1,13 @@
 """Speculation under load as decision tables: the draft-length control prices a round's verify
-at the batch's total width (live runs x their width). Pure: no engine, no clock."""
+at the batch's total width (live runs x their width) where the target batches, alone where it
+does not. Pure: no engine, no clock."""
 
 from __future__ import annotations
 
 import pytest
 
 from tightwad.gateway.loop.control import Counters, RequestControl, request_control
-from tightwad.gateway.loop.policy import batch_prices
+from tightwad.gateway.loop.policy import batch_prices, priced_load
 from tightwad.spec.draft_control import DraftControlConfig, DraftLengthController
 from tightwad.spec.verify_cost import VerifyCosts
 
@@ -116,3 +117,41 @@ def test_counters_sum_the_load_of_each_step() -> None:
     c.record_round(0, 0, load=3)
     c.record_round(4, 2, load=1)
     assert c.load_steps == 4 and c.round_no == 2
+
+
+@pytest.mark.parametrize(
+    ("live", "batches", "load"),
+    [
+        (0, True, 1),  # no run counted yet: the run alone
+        (1, True, 1),
+        (4, True, 4),  # four runs share one forward pass
+        (16, True, 16),
+        (0, False, 1),
+        (1, False, 1),
+        (4, False, 1),  # four runs take turns: each round costs its own width
+        (16, False, 1),
+    ],
+)
+def test_the_load_is_priced_only_where_the_target_batches(
+    live: int, batches: bool, load: int
+) -> None:
+    assert priced_load(live, batches) == load
+
+
+@pytest.mark.parametrize(
+    ("live", "batches", "drafting"),
+    [
+        (1, True, True),
+        (16, True, False),  # a full batch: drafted tokens cost plain steps, so no drafting
+        (32, True, False),
+        (1, False, True),
+        (16, False, True),  # 16 runs in turn: each round alone in the flat part, drafts pay
+        (32, False, True),
+    ],
+)
+def test_drafting_under_load_follows_whether_the_target_batches(
+    live: int, batches: bool, drafting: bool
+) -> None:
+    ctl = _control()
+    ctl.observe_load(priced_load(live, batches))
+    assert (ctl.next_k() > 0) is drafting

@@ -128,8 +128,9 @@ class GenerationStats:
     # Grammar-forced tokens sent as drafts (included in drafted/accepted too).
     forced_drafted: int = 0
     forced_accepted: int = 0
-    # The live runs on the route at each target step, summed: over the steps (rounds +
-    # plain_steps), the load the draft-length control saw.
+    # The load the draft-length control priced each target step at, summed: over the steps
+    # (rounds + plain_steps), the live runs on the route where the target batches them (1
+    # each where it does not: the runs take turns, see loop.policy.priced_load).
     load_steps: int = 0
 
     @property

@@ -30,7 +30,8 @@ class Counters:
     by_position: list[int] = field(default_factory=list)
     forced_drafted: int = 0
     forced_accepted: int = 0
-    # The live runs on the route at each target step, summed (over round_no steps).
+    # The load each target step was priced at (live runs, 1 where the target does not
+    # batch), summed (over round_no steps).
     load_steps: int = 0
 
     @property
@@ -40,7 +41,7 @@ class Counters:
 
     def record_round(self, drafted: int, accepted: int, forced: int = 0, *, load: int = 1) -> None:
         """One target step: ``drafted`` tokens verified (the first ``forced`` of them forced by
-        the grammar), ``accepted`` of them accepted, with ``load`` live runs on the route."""
+        the grammar), ``accepted`` of them accepted, priced at ``load`` (``policy.priced_load``)."""
         self.load_steps += load
         self.forced_drafted += forced
         self.forced_accepted += min(forced, accepted)

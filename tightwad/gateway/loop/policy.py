@@ -15,7 +15,8 @@ functions and executes what they decide. Terms:
   free (:func:`forced_head`); the route's proposer continues after them;
 - a token's *origin* says what proposed it (:func:`block_origins`, the dashboard's colours);
 - the *load* is how many runs are live on the route: on a batching engine their steps share
-  one forward pass, so a round is priced at the batch's total width (:func:`batch_prices`).
+  one forward pass, so a round is priced at the batch's total width (:func:`batch_prices`);
+  on one that does not batch they take turns, and a round is priced alone (:func:`priced_load`).
 
 State between rounds is :class:`CopyState` (frozen; :func:`after_round` returns the next one).
 Guarantee: deterministic, same inputs same decisions; a draft never exceeds what the request's
@@ -392,3 +393,11 @@ def batch_prices(
     if live <= 1:
         return verify_seconds
     return lambda width: verify_seconds(live * width)
+
+
+def priced_load(live: int, batches: bool) -> int:
+    """The load a round's verify is priced at (:func:`batch_prices`): the ``live`` runs of the
+    route where the target decodes their steps in one forward pass (its ``batch.enabled``),
+    else 1: an engine that does not batch runs their steps in turn, so a round costs its own
+    width and the other runs' drafts never widen it (nor does drafting widen theirs)."""
+    return max(1, live) if batches else 1

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from tightwad.config import DEFAULT_MAX_DRAFT_TOKENS, DRAFT_MODES, DraftMode
 from tightwad.errors import ConfigError, TightwadError, UnavailableError
 from tightwad.gateway.engine_client import EngineClient, RemoteEngineInfo
-from tightwad.gateway.loop import calibration
+from tightwad.gateway.loop import calibration, policy
 from tightwad.gateway.loop.policy import Knobs
 from tightwad.gateway.loop.run import RequestRun
 from tightwad.gateway.text_draft import TextDrafter
@@ -175,6 +175,17 @@ class SpecBackend:
     def live_runs(self) -> int:
         """How many requests run on the route now (their steps share one batch)."""
         return self._live
+
+    @property
+    def batches(self) -> bool:
+        """Whether the target decodes the route's runs in one forward pass (its occupancy's
+        ``enabled``, as last read; False before the first read)."""
+        return bool(self._batch and self._batch.get("enabled"))
+
+    @property
+    def priced_load(self) -> int:
+        """The load a round's verify is priced at now (:func:`.policy.priced_load`)."""
+        return policy.priced_load(self._live, self.batches)
 
     def run_started(self) -> None:
         """A request's run began (:class:`RequestRun` calls it once, then :meth:`run_ended`)."""

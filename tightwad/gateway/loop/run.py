@@ -160,8 +160,9 @@ class RequestRun:
                 break
             # Tokens a round may still emit: draft no more than the budget can use.
             left = room if guard.max_tokens is None else min(room, guard.max_tokens - guard.count)
-            # The batch this round joins: the controller prices its verify at that width.
-            control.observe_load(self.b.live_runs)
+            # The batch this round joins: the controller prices its verify at that width
+            # (alone where the target does not batch: the runs then take turns).
+            control.observe_load(self.b.priced_load)
             t0 = time.perf_counter()
             ngram_seen = len(self.ngram.tokens) if self.ngram is not None else 0
             stretch = 0 if carry else self._stretch(control, room, guard)
