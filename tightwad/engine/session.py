@@ -80,12 +80,12 @@ class Slot:
     def reusable(self, prompt: Sequence[int], chunk: int) -> int:
         """How many leading positions of ``prompt``'s prefill this slot's cache can give
         exactly: all but its last token when it holds that very prompt's prefill, else a
-        whole number of aligned chunks of the common prefix."""
+        whole number of aligned chunks of the common prefix (:func:`session_rules.chunk_floor`)."""
         limit = len(prompt) - 1
         n = min(lcp(self.kv_tokens, prompt), limit)
-        if n == limit and self.tail == limit and self.exact == limit // chunk * chunk:
+        if n == limit and self.tail == limit and self.exact == rules.chunk_floor(limit, chunk):
             return limit
-        return min(n, self.exact) // chunk * chunk
+        return rules.chunk_floor(min(n, self.exact), chunk)
 
 
 def lcp(a: Sequence[int], b: Sequence[int]) -> int:
@@ -239,8 +239,7 @@ class Session:
         pos = self.n_kv
         if pos >= end:
             return None
-        chunk = self._e.cfg.prefill_chunk
-        stop = min(end, (pos // chunk + 1) * chunk)
+        stop = min(end, rules.chunk_end(pos, self._e.cfg.prefill_chunk))
         return self.seq, self.tokens[pos:stop], pos, ()
 
     def release(self) -> None:
