@@ -79,3 +79,27 @@ tightwad_backend_check() {
     return 3
   fi
 }
+
+# tightwad_vulkan_visible PYTHON: ggml skips a Vulkan device of type CPU (Mesa's llvmpipe) unless
+# GGML_VK_VISIBLE_DEVICES names it. Asked for Vulkan (TIGHTWAD_BACKEND=vulkan) where PYTHON's
+# ggml sees no Vulkan device by default but does with GGML_VK_VISIBLE_DEVICES=0, export that and
+# say so. A real Vulkan GPU is seen without it (nothing changes), and a GGML_VK_VISIBLE_DEVICES
+# of the user's own is left as it is. Used by up.sh before `tightwad up`.
+tightwad_vulkan_visible() {
+  local py="$1"
+  [[ "${TIGHTWAD_BACKEND:-}" == vulkan && -z "${GGML_VK_VISIBLE_DEVICES+set}" ]] || return 0
+  _tightwad_vk_seen() {  # no pipe into grep -q: under pipefail an early exit reads as false
+    local listed
+    listed="$("$py" -m tightwad.engine.ggml_devices 2>/dev/null || true)"
+    [[ "$listed" == *'"name": "Vulkan'* ]]
+  }
+  _tightwad_vk_seen && return 0
+  if GGML_VK_VISIBLE_DEVICES=0 _tightwad_vk_seen; then
+    export GGML_VK_VISIBLE_DEVICES=0
+    echo "up: TIGHTWAD_BACKEND=vulkan: the only Vulkan device is of type CPU (e.g. Mesa's" \
+      "llvmpipe), which ggml skips by default; using it with GGML_VK_VISIBLE_DEVICES=0" \
+      "(set GGML_VK_VISIBLE_DEVICES yourself to choose another)" >&2
+  else
+    echo "up: TIGHTWAD_BACKEND=vulkan but ggml sees no Vulkan device: the engine runs on the CPU" >&2
+  fi
+}
