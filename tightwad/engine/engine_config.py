@@ -40,9 +40,7 @@ class EngineConfig:
     min_prefix_reuse: int = 8
     # Prompts are prefilled in chunks aligned to multiples of this many positions, and a cached
     # prefix is reused only up to such a boundary: with flash attention the KV cache, and so
-    # every logit, is then bit-identical whether or not a prefix came from the cache. The
-    # first chunk is split at session_rules.LEAD_CHUNK (16) so that a chat template's
-    # preamble (its system prompt) is a reusable prefix of prompts that differ after it.
+    # every logit, is then bit-identical whether or not a prefix came from the cache.
     prefill_chunk: int = 64
     # Run the pending work of all sessions (plain steps, verifies, prefill chunks, draft
     # steps) as one forward pass per step (tightwad.engine.step_batcher). Lossless as batched

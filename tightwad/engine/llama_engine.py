@@ -12,8 +12,7 @@ Guarantees:
 - Closing a session returns its slot; its KV cells stay as a cached prefix (LRU) that a later
   session with a common prompt prefix reuses (``seq_cp``) instead of recomputing; when the
   cache is full, the oldest such prefix is dropped for the live sessions. Reuse goes up to
-  whole aligned prefill chunks (the first one split at ``LEAD_CHUNK``, so a chat template's
-  preamble is shared), or all of a prompt but its pending token when the source was
+  whole aligned prefill chunks, or all of a prompt but its pending token when the source was
   prefilled from that very prompt (same chunks): n choices of one prompt share one prefill
   and their first tokens come from one cache.
 - When every session is taken, an Open waits up to ``open_wait_s`` for one to free, then is
@@ -48,7 +47,7 @@ from tightwad.engine.contract import (
 from tightwad.engine.engine_config import EngineConfig
 from tightwad.engine.offload import placement_line
 from tightwad.engine.session import Session, SessionGrammar, Slot
-from tightwad.engine.session_rules import check_open, check_tokens, chunk_floor
+from tightwad.engine.session_rules import check_open, check_tokens
 from tightwad.engine.step_batcher import MORE, WAIT, BatchStats, FnJob, Job, StepBatcher
 from tightwad.errors import (
     InvalidRequestError,
@@ -470,7 +469,7 @@ class Engine:
         # after may copy this prefix (its prefill waits until ``prefill_at`` reaches it).
         slot.prefill_at = 0  # before kv_tokens: the compute thread reads them in that order
         slot.kv_tokens = list(prompt[:-1])
-        slot.exact = chunk_floor(len(prompt) - 1, self.cfg.prefill_chunk)
+        slot.exact = (len(prompt) - 1) // self.cfg.prefill_chunk * self.cfg.prefill_chunk
         slot.tail = len(prompt) - 1
         session = Session(
             self,
@@ -537,15 +536,10 @@ class Engine:
                 f"{self.cfg.max_sessions}) and none freed within {self.cfg.open_wait_s:g} s; "
                 "retry later"
             )
+        if best is not None and not best.live:
+            return best, best, best_len
         idle = [s for s in self._slots if not s.live and s is not best]
         empty = [s for s in idle if not s.kv_tokens]
-        if best is not None and not best.live:
-            # Take the source over in place, unless that would lose more than a chunk of a
-            # longer prefix it caches (a shared preamble only) while a free slot can take
-            # the copy: the longer prefix then stays for the prompt that continues it.
-            if not empty or len(best.kv_tokens) - best_len < chunk:
-                return best, best, best_len
-            return empty[0], best, best_len
         slot = empty[0] if empty else min(idle, key=lambda s: s.last_used)
         return slot, best, best_len
 

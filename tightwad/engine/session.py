@@ -80,12 +80,12 @@ class Slot:
     def reusable(self, prompt: Sequence[int], chunk: int) -> int:
         """How many leading positions of ``prompt``'s prefill this slot's cache can give
         exactly: all but its last token when it holds that very prompt's prefill, else a
-        whole number of aligned chunks of the common prefix (:func:`session_rules.chunk_floor`)."""
+        whole number of aligned chunks of the common prefix."""
         limit = len(prompt) - 1
         n = min(lcp(self.kv_tokens, prompt), limit)
-        if n == limit and self.tail == limit and self.exact == rules.chunk_floor(limit, chunk):
+        if n == limit and self.tail == limit and self.exact == limit // chunk * chunk:
             return limit
-        return rules.chunk_floor(min(n, self.exact), chunk)
+        return min(n, self.exact) // chunk * chunk
 
 
 def lcp(a: Sequence[int], b: Sequence[int]) -> int:
@@ -239,7 +239,8 @@ class Session:
         pos = self.n_kv
         if pos >= end:
             return None
-        stop = min(end, rules.chunk_end(pos, self._e.cfg.prefill_chunk))
+        chunk = self._e.cfg.prefill_chunk
+        stop = min(end, (pos // chunk + 1) * chunk)
         return self.seq, self.tokens[pos:stop], pos, ()
 
     def release(self) -> None:

@@ -13,42 +13,13 @@ from tightwad.errors import ContextLengthError, InvalidRequestError
 from tightwad.spec.sampling import SamplingConfig, SparseDist
 
 __all__ = [
-    "LEAD_CHUNK",
     "check_live",
     "check_open",
     "check_rewind",
     "check_tokens",
-    "chunk_end",
-    "chunk_floor",
     "draft_alignment",
     "verify_draft",
 ]
-
-
-#: The first prefill boundary before the ``prefill_chunk`` multiples (when the chunk is a larger
-#: multiple of it): a chat template's fixed preamble (its default system prompt, ~20-40 tokens)
-#: is then a reusable cached prefix even when the prompts differ right after it.
-LEAD_CHUNK = 16
-
-
-def _lead(chunk: int) -> bool:
-    return chunk > LEAD_CHUNK and chunk % LEAD_CHUNK == 0
-
-
-def chunk_floor(n: int, chunk: int) -> int:
-    """The last prefill boundary at or below ``n`` (positions ``LEAD_CHUNK`` and multiples of
-    ``chunk``): how much of a cached prefix of ``n`` exact positions may be reused."""
-    floor = n // chunk * chunk
-    if floor == 0 and _lead(chunk) and n >= LEAD_CHUNK:
-        return LEAD_CHUNK
-    return floor
-
-
-def chunk_end(pos: int, chunk: int) -> int:
-    """The first prefill boundary after ``pos``: where the prefill chunk from ``pos`` ends."""
-    if _lead(chunk) and pos < LEAD_CHUNK:
-        return LEAD_CHUNK
-    return (pos // chunk + 1) * chunk
 
 
 def check_tokens(tokens: Sequence[int], n_vocab: int) -> None:
