@@ -20,8 +20,8 @@ from aiohttp import web
 
 from tightwad import __version__
 from tightwad.gateway.openai_schema import Limits
+from tightwad.gateway.openapi_parts import nullable as _nullable
 from tightwad.gateway.openapi_requests import chat_request, completion_request
-from tightwad.gateway.openapi_requests import nullable as _nullable
 from tightwad.gateway.responses.openapi import RESPONSE, RESPONSE_EVENT, responses_request
 
 __all__ = ["openapi_document", "openapi_json"]

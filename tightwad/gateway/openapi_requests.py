@@ -21,12 +21,19 @@ from typing import Any
 
 from tightwad.gateway.openai_fields import FLOAT32_MAX, INT32_MAX, INT64_MAX, INT64_MIN
 from tightwad.gateway.openai_schema import Limits
+from tightwad.gateway.openapi_parts import (
+    ARGUMENTS,
+    FUNCTION_FIELDS,
+    JSON_SCHEMA,
+    NAME,
+    TEXT_OR_JSON_OBJECT,
+    closed,
+    json_schema_fields,
+    nullable,
+    requires,
+)
 
 __all__ = ["chat_request", "completion_request"]
-
-
-def nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"anyOf": [schema, {"type": "null"}]}
 
 
 def _only_null(description: str) -> dict[str, Any]:
@@ -40,30 +47,12 @@ _TOKEN_ID_PATTERN = (
     "|214748364[0-7])$"
 )
 _TOKEN_ID = {"type": "integer", "minimum": 0, "maximum": INT32_MAX}
-_NAME = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
-_TEXT_PART = {
-    "type": "object",
-    "required": ["type", "text"],
-    "additionalProperties": False,
-    "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
-}
+_TEXT_PART = closed(["type", "text"], type={"const": "text"}, text={"type": "string"})
 _CONTENT = {"anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART}]}
-_JSON_SCHEMA = {
-    "type": "object",
-    "description": "a JSON Schema (2020-12) that llguidance can compile",
-}
 
 
 def _enum(*values: str) -> dict[str, Any]:
     return nullable({"enum": list(values)})
-
-
-def _requires(field: str, when: dict[str, Any], other: str, value: object) -> dict[str, Any]:
-    """``other`` must be ``value`` whenever ``field`` is present and matches ``when``."""
-    return {
-        "if": {"required": [field], "properties": {field: when}},
-        "then": {"required": [other], "properties": {other: {"const": value}}},
-    }
 
 
 def _common(limits: Limits) -> dict[str, Any]:
@@ -129,50 +118,17 @@ def _common(limits: Limits) -> dict[str, Any]:
     }
 
 
-_COMMON_RULES = [_requires("stream_options", {"not": {"type": "null"}}, "stream", True)]
+_COMMON_RULES = [requires("stream_options", {"not": {"type": "null"}}, "stream", True)]
 
-_TOOL = {
-    "type": "object",
-    "required": ["type", "function"],
-    "additionalProperties": False,
-    "properties": {
-        "type": {"const": "function"},
-        "function": {
-            "type": "object",
-            "required": ["name"],
-            "additionalProperties": False,
-            "properties": {
-                "name": _NAME,
-                "description": nullable({"type": "string"}),
-                "parameters": nullable(_JSON_SCHEMA),
-                "strict": nullable({"type": "boolean"}),
-            },
-        },
-    },
-}
-_TOOL_CALL = {
-    "type": "object",
-    "required": ["id", "function"],
-    "additionalProperties": False,
-    "properties": {
-        "id": {"type": "string", "minLength": 1},
-        "type": {"const": "function"},
-        "function": {
-            "type": "object",
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-            "properties": {
-                "name": _NAME,
-                "arguments": {
-                    "type": "string",
-                    "contentMediaType": "application/json",
-                    "contentSchema": {"type": "object"},
-                    "description": "the arguments object as JSON text",
-                },
-            },
-        },
-    },
-}
+_TOOL = closed(
+    ["type", "function"], type={"const": "function"}, function=closed(["name"], **FUNCTION_FIELDS)
+)
+_TOOL_CALL = closed(
+    ["id", "function"],
+    id={"type": "string", "minLength": 1},
+    type={"const": "function"},
+    function=closed(["name", "arguments"], name=NAME, arguments=ARGUMENTS),
+)
 _MESSAGE = {
     "type": "object",
     "required": ["role"],
@@ -208,47 +164,19 @@ _MESSAGE = {
     "description": "a tool message's tool_call_id answers a call of an earlier assistant message",
 }
 _FUNCTION_CHOICE = {
-    "type": "object",
-    "required": ["type", "function"],
-    "additionalProperties": False,
-    "properties": {
-        "type": {"const": "function"},
-        "function": {
-            "type": "object",
-            "required": ["name"],
-            "additionalProperties": False,
-            "properties": {"name": _NAME},
-        },
-    },
+    **closed(
+        ["type", "function"], type={"const": "function"}, function=closed(["name"], name=NAME)
+    ),
     "description": "names one of `tools`",
 }
 _RESPONSE_FORMAT = {
     "oneOf": [
-        {
-            "type": "object",
-            "required": ["type"],
-            "additionalProperties": False,
-            "properties": {"type": {"enum": ["text", "json_object"]}},
-        },
-        {
-            "type": "object",
-            "required": ["type", "json_schema"],
-            "additionalProperties": False,
-            "properties": {
-                "type": {"const": "json_schema"},
-                "json_schema": {
-                    "type": "object",
-                    "required": ["name"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "name": _NAME,
-                        "schema": nullable(_JSON_SCHEMA),
-                        "strict": nullable({"type": "boolean"}),
-                        "description": nullable({"type": "string"}),
-                    },
-                },
-            },
-        },
+        TEXT_OR_JSON_OBJECT,
+        closed(
+            ["type", "json_schema"],
+            type={"const": "json_schema"},
+            json_schema=closed(["name"], **json_schema_fields(nullable(JSON_SCHEMA))),
+        ),
     ]
 }
 _METADATA = {
@@ -301,8 +229,8 @@ def chat_request(limits: Limits) -> dict[str, Any]:
         },
         "allOf": [
             *_COMMON_RULES,
-            _requires("top_logprobs", {"type": "integer", "minimum": 1}, "logprobs", True),
-            _requires("metadata", {"type": "object"}, "store", True),
+            requires("top_logprobs", {"type": "integer", "minimum": 1}, "logprobs", True),
+            requires("metadata", {"type": "object"}, "store", True),
             {  # tool_choice other than none needs tools
                 "if": {
                     "required": ["tool_choice"],

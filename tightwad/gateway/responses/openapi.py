@@ -17,14 +17,22 @@ from typing import Any
 
 from tightwad.gateway.openai_fields import INT64_MAX, INT64_MIN
 from tightwad.gateway.openai_schema import Limits
-from tightwad.gateway.openapi_requests import nullable
+from tightwad.gateway.openapi_parts import (
+    ARGUMENTS,
+    FUNCTION_FIELDS,
+    JSON_SCHEMA,
+    NAME,
+    TEXT_OR_JSON_OBJECT,
+    closed,
+    json_schema_fields,
+    nullable,
+    requires,
+)
 from tightwad.gateway.responses.request import MIN_OUTPUT_TOKENS
 
 __all__ = ["RESPONSE", "RESPONSE_EVENT", "responses_request"]
 
-_NAME = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
 _ANY: dict[str, Any] = {}
-_JSON_SCHEMA = {"type": "object", "description": "a JSON Schema (2020-12) llguidance compiles"}
 _STATEFUL = (
     "previous_response_id", "conversation", "prompt", "context_management",
     "background_options", "moderation", "access_programs", "image",
@@ -32,17 +40,10 @@ _STATEFUL = (
 
 
 def _part(kind: str, key: str = "text") -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["type", key],
-        "additionalProperties": False,
-        "properties": {
-            "type": {"const": kind},
-            key: {"type": "string"},
-            "annotations": _ANY,
-            "logprobs": _ANY,
-        },
-    }
+    return closed(
+        ["type", key],
+        **{"type": {"const": kind}, key: {"type": "string"}, "annotations": _ANY, "logprobs": _ANY},
+    )
 
 
 def _content(*parts: dict[str, Any]) -> dict[str, Any]:
@@ -50,19 +51,15 @@ def _content(*parts: dict[str, Any]) -> dict[str, Any]:
 
 
 def _message(roles: list[str], content: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["role", "content"],
-        "additionalProperties": False,
-        "properties": {
-            "type": {"const": "message"},
-            "role": {"enum": roles},
-            "content": content,
-            "id": _ANY,
-            "status": _ANY,
-            "phase": _ANY,
-        },
-    }
+    return closed(
+        ["role", "content"],
+        type={"const": "message"},
+        role={"enum": roles},
+        content=content,
+        id=_ANY,
+        status=_ANY,
+        phase=_ANY,
+    )
 
 
 _CALL_ID = {"type": "string", "minLength": 1}
@@ -70,71 +67,35 @@ _ITEM = {
     "anyOf": [
         _message(["user", "system", "developer"], _content(_part("input_text"))),
         _message(["assistant"], _content(_part("output_text"), _part("refusal", "refusal"))),
-        {
-            "type": "object",
-            "required": ["type", "call_id", "name", "arguments"],
-            "additionalProperties": False,
-            "properties": {
-                "type": {"const": "function_call"},
-                "call_id": _CALL_ID,
-                "name": _NAME,
-                "arguments": {
-                    "type": "string",
-                    "contentMediaType": "application/json",
-                    "contentSchema": {"type": "object"},
-                    "description": "the arguments object as JSON text",
-                },
-                "id": _ANY,
-                "status": _ANY,
-                "namespace": _ANY,
-            },
-        },
-        {
-            "type": "object",
-            "required": ["type", "call_id", "output"],
-            "additionalProperties": False,
-            "properties": {
-                "type": {"const": "function_call_output"},
-                "call_id": {**_CALL_ID, "description": "a function_call earlier in input"},
-                "output": _content(_part("input_text")),
-                "id": _ANY,
-                "status": _ANY,
-            },
-        },
+        closed(
+            ["type", "call_id", "name", "arguments"],
+            type={"const": "function_call"},
+            call_id=_CALL_ID,
+            name=NAME,
+            arguments=ARGUMENTS,
+            id=_ANY,
+            status=_ANY,
+            namespace=_ANY,
+        ),
+        closed(
+            ["type", "call_id", "output"],
+            type={"const": "function_call_output"},
+            call_id={**_CALL_ID, "description": "a function_call earlier in input"},
+            output=_content(_part("input_text")),
+            id=_ANY,
+            status=_ANY,
+        ),
     ]
 }
-_TOOL = {
-    "type": "object",
-    "required": ["type", "name"],
-    "additionalProperties": False,
-    "properties": {
-        "type": {"const": "function"},
-        "name": _NAME,
-        "description": nullable({"type": "string"}),
-        "parameters": nullable(_JSON_SCHEMA),
-        "strict": nullable({"type": "boolean"}),
-    },
-}
+_TOOL = closed(["type", "name"], type={"const": "function"}, **FUNCTION_FIELDS)
 _FORMAT = {
     "oneOf": [
-        {
-            "type": "object",
-            "required": ["type"],
-            "additionalProperties": False,
-            "properties": {"type": {"enum": ["text", "json_object"]}},
-        },
-        {
-            "type": "object",
-            "required": ["type", "name", "schema"],
-            "additionalProperties": False,
-            "properties": {
-                "type": {"const": "json_schema"},
-                "name": _NAME,
-                "schema": _JSON_SCHEMA,
-                "strict": nullable({"type": "boolean"}),
-                "description": nullable({"type": "string"}),
-            },
-        },
+        TEXT_OR_JSON_OBJECT,
+        closed(
+            ["type", "name", "schema"],
+            type={"const": "json_schema"},
+            **json_schema_fields(JSON_SCHEMA),
+        ),
     ]
 }
 
@@ -178,10 +139,7 @@ def responses_request(limits: Limits) -> dict[str, Any]:
                     "anyOf": [
                         {"enum": ["none", "auto", "required"]},
                         {
-                            "type": "object",
-                            "required": ["type", "name"],
-                            "additionalProperties": False,
-                            "properties": {"type": {"const": "function"}, "name": _NAME},
+                            **closed(["type", "name"], type={"const": "function"}, name=NAME),
                             "description": "names one of `tools`",
                         },
                     ]
@@ -204,15 +162,11 @@ def responses_request(limits: Limits) -> dict[str, Any]:
             "top_logprobs": nullable({"type": "integer", "minimum": 0, "maximum": 20}),
             "include": nullable({"type": "array", "items": {"type": "string"}}),
             "prediction": nullable(
-                {
-                    "type": "object",
-                    "required": ["type", "content"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "type": {"const": "content"},
-                        "content": _content(_part("input_text"), _part("text")),
-                    },
-                }
+                closed(
+                    ["type", "content"],
+                    type={"const": "content"},
+                    content=_content(_part("input_text"), _part("text")),
+                )
             ),
             "seed": nullable({"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX}),
             "store": nullable({"type": "boolean", "description": "nothing is ever stored"}),
@@ -229,13 +183,7 @@ def responses_request(limits: Limits) -> dict[str, Any]:
             **stateful,
         },
         "allOf": [
-            {  # stream_options needs stream
-                "if": {
-                    "required": ["stream_options"],
-                    "properties": {"stream_options": {"not": {"type": "null"}}},
-                },
-                "then": {"required": ["stream"], "properties": {"stream": {"const": True}}},
-            },
+            requires("stream_options", {"not": {"type": "null"}}, "stream", True),
             {  # tool_choice other than none needs tools
                 "if": {
                     "required": ["tool_choice"],
