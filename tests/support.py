@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from tightwad.engine.engine_config import EngineConfig
+from tightwad.engine.server import EngineServer
+from tightwad.gateway.api import GatewaySettings
+from tightwad.gateway.engine_client import EngineClient
+from tightwad.gateway.loop import RouteSpec
+from tightwad.gateway.server import GatewayServer
 
 # Batched and one-token forward passes may differ in the last bits. Measured here on CPU with
 # flash attention: SmolLM2-135M is bit-identical for batches up to 16; Qwen2.5-Coder-1.5B is
@@ -33,3 +42,28 @@ def assert_equal_or_near_tie(
         f"(not a near-tie): {list(reference)} vs {list(other)}"
     )
     return False
+
+
+@contextlib.asynccontextmanager
+async def live_gateway(
+    model: str,
+    path: Path,
+    *,
+    ctx_size: int,
+    max_sessions: int = 4,
+    settings: GatewaySettings | None = None,
+) -> AsyncIterator[str]:
+    """A real engine on ``path`` behind a real gateway on loopback, one n-gram route named
+    ``model`` (no calibration): yields the gateway's URL; stops both on exit."""
+    cfg = EngineConfig(model, path, ctx_size=ctx_size, max_sessions=max_sessions, threads=2)
+    engine = EngineServer("127.0.0.1:0", engines=(cfg,))
+    address = await engine.start()
+    route = RouteSpec(
+        name=model, target=EngineClient(address, model), draft_mode="ngram", calibrate=False
+    )
+    gateway = GatewayServer([route], settings or GatewaySettings(), host="127.0.0.1", port=0)
+    try:
+        yield await gateway.start()
+    finally:
+        await gateway.stop()
+        await engine.stop(grace=0.5)

@@ -11,14 +11,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from support import assert_equal_or_near_tie
-
-from tightwad.engine.engine_config import EngineConfig
-from tightwad.engine.server import EngineServer
-from tightwad.gateway.api import GatewaySettings
-from tightwad.gateway.engine_client import EngineClient
-from tightwad.gateway.loop import RouteSpec
-from tightwad.gateway.server import GatewayServer
+from support import assert_equal_or_near_tie, live_gateway
 
 pytestmark = [pytest.mark.engine]
 
@@ -27,21 +20,12 @@ ASK = [{"role": "user", "content": "Write a short poem about the sea."}]
 
 @pytest.fixture
 async def client(smollm_path: Path) -> AsyncIterator[openai.AsyncOpenAI]:
-    cfg = EngineConfig("smol", smollm_path, ctx_size=1024, max_sessions=4, threads=2)
-    engine = EngineServer("127.0.0.1:0", engines=(cfg,))
-    address = await engine.start()
-    route = RouteSpec(
-        name="smol", target=EngineClient(address, "smol"), draft_mode="ngram", calibrate=False
-    )
-    gateway = GatewayServer([route], GatewaySettings(), host="127.0.0.1", port=0)
-    url = await gateway.start()
-    c = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
-    try:
-        yield c
-    finally:
-        await c.close()
-        await gateway.stop()
-        await engine.stop(grace=0.5)
+    async with live_gateway("smol", smollm_path, ctx_size=1024) as url:
+        c = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        try:
+            yield c
+        finally:
+            await c.close()
 
 
 def _tokens(choice: object) -> list[str]:

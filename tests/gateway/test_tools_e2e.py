@@ -12,13 +12,7 @@ from pathlib import Path
 import jsonschema
 import openai
 import pytest
-
-from tightwad.engine.engine_config import EngineConfig
-from tightwad.engine.server import EngineServer
-from tightwad.gateway.api import GatewaySettings
-from tightwad.gateway.engine_client import EngineClient
-from tightwad.gateway.loop import RouteSpec
-from tightwad.gateway.server import GatewayServer
+from support import live_gateway
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -46,21 +40,12 @@ ASK = [{"role": "user", "content": "What is the weather in Paris, in celsius?"}]
 
 @pytest.fixture
 async def client(qwen_target_path: Path) -> AsyncIterator[openai.AsyncOpenAI]:
-    cfg = EngineConfig("qwen", qwen_target_path, ctx_size=2048, max_sessions=4, threads=2)
-    engine = EngineServer("127.0.0.1:0", engines=(cfg,))
-    address = await engine.start()
-    route = RouteSpec(
-        name="qwen", target=EngineClient(address, "qwen"), draft_mode="ngram", calibrate=False
-    )
-    gateway = GatewayServer([route], GatewaySettings(), host="127.0.0.1", port=0)
-    url = await gateway.start()
-    c = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
-    try:
-        yield c
-    finally:
-        await c.close()
-        await gateway.stop()
-        await engine.stop(grace=0.5)
+    async with live_gateway("qwen", qwen_target_path, ctx_size=2048) as url:
+        c = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        try:
+            yield c
+        finally:
+            await c.close()
 
 
 async def test_required_call_validates_against_the_schema(client: openai.AsyncOpenAI) -> None:
