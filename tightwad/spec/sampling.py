@@ -278,7 +278,10 @@ def _apply_penalties(out: Logits, history: History, cfg: SamplingConfig) -> None
     ids, counts = np.unique(window, return_counts=True)
     seen = out[ids]
     penalty = np.float32(cfg.repeat_penalty)
-    seen = np.where(seen <= 0, seen * penalty, seen / penalty)
+    # A penalty near the wire's bound (float32 max) overflows a negative logit to -inf, as
+    # the engine's C float arithmetic does: that token is out (probability 0), not a warning.
+    with np.errstate(over="ignore"):
+        seen = np.where(seen <= 0, seen * penalty, seen / penalty)
     seen -= counts.astype(np.float32) * np.float32(cfg.frequency_penalty) + np.float32(
         cfg.presence_penalty
     )
