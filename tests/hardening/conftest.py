@@ -78,3 +78,35 @@ def logs(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -
         yield Logs(buffer, caplog, capsys)
     finally:
         structlog.configure(**saved)
+
+
+#: what asyncio logs for a leaked task or an unretrieved exception
+ASYNCIO_LEAKS = ("Task was destroyed but it is pending", "exception was never retrieved")
+
+
+class _Leaks(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if any(sign in message for sign in ASYNCIO_LEAKS):
+            self.seen.append(message)
+
+
+@pytest.fixture
+def no_asyncio_leaks() -> Iterator[None]:
+    """Fail the test on any leaked task or unretrieved exception asyncio logs while it runs
+    (in-process gateways and agents); garbage is collected first so destroyed tasks show."""
+    import gc
+
+    handler = _Leaks()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(handler)
+    try:
+        yield
+        gc.collect()
+    finally:
+        logger.removeHandler(handler)
+    assert not handler.seen, f"asyncio reported leaks: {handler.seen}"

@@ -56,8 +56,17 @@ from .support import (
     start_gateway_process,
     target_alone,
 )
+from .timeline import DISCONNECTED, REFUSED, Prober
 
-pytestmark = [pytest.mark.cluster, pytest.mark.engine, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.engine,
+    pytest.mark.slow,
+    # leaks in this process (in-process gateways) are errors too; see also ``procs``
+    pytest.mark.usefixtures("no_asyncio_leaks"),
+    pytest.mark.filterwarnings("error::ResourceWarning"),
+    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
+]
 
 API_KEY = "sk-faults"
 MODEL = "smollm"
@@ -77,6 +86,7 @@ PROMPTS = [
     "Write a SQL query that selects all rows from a table named users.",
 ]
 assert len(PROMPTS) == STREAMS
+PROBE_TOKENS = 8  # the prober's request: small, so it measures the outage, not the decode
 
 
 @dataclass
@@ -156,6 +166,25 @@ async def _chat(url: str, prompt: str = PROMPTS[0]) -> str:
             temperature=0,
         )
     return resp.choices[0].message.content or ""
+
+
+def _prober(url: str) -> Prober:
+    """A chat probe of ``PROMPTS[0]`` every 0.5 s (see :mod:`timeline`)."""
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": PROMPTS[0]}],
+        "max_tokens": PROBE_TOKENS,
+        "temperature": 0,
+    }
+    return Prober(url, body, api_key=API_KEY)
+
+
+def _same_answers(probe: Prober, refs: dict[str, Reference], what: str) -> None:
+    """Every probe that was answered got the target alone's answer (cut at PROBE_TOKENS)."""
+    answers = [p for p in probe.probes if p.outcome == 200]
+    assert answers
+    for p in answers:
+        refs[PROMPTS[0]].check_start(p.text, f"{what}: the probe at {p.at:.1f} s")
 
 
 async def _until(what: str, check, timeout_s: float = 60.0) -> float:  # type: ignore[no-untyped-def]
@@ -240,6 +269,9 @@ async def procs() -> AsyncIterator[list[ServerProcess]]:
     for p in started:
         p.kill()
     leaked = {p.name: leaks(p) for p in started if leaks(p)}
+    for p in started:
+        if leaks(p):
+            print(f"--- {p.name} output ---\n{p.output()[-6000:]}")
     assert not leaked, f"leaked tasks / generators / resources: {leaked}"
 
 
@@ -274,16 +306,22 @@ async def test_killed_draft_agent_every_stream_finishes_identically(
     gateway = GatewayServer([route], GatewaySettings(api_key=API_KEY, max_concurrency=16), port=0)
     url = await gateway.start()
     try:
-        load = Load(url)
-        running = await load.streaming(chunks=2)
-        draft.kill()
-        outcomes = await load.finish()
-        _assert_reference(outcomes, refs, "after the draft agent's SIGKILL")
-        assert running
-        [drafter] = gateway.backends[MODEL].info().details["drafters"]  # type: ignore[index]
-        assert drafter["healthy"] is False, "no in-flight request saw the drafter die"
-        # Later requests are served plainly (the drafter is marked failed): same output.
-        refs[PROMPTS[1]].check(await _chat(url, PROMPTS[1]), "after the draft agent died")
+        async with _prober(url) as probe:
+            load = Load(url)
+            running = await load.streaming(chunks=2)
+            probe.kill()
+            draft.kill()
+            outcomes = await load.finish()
+            _assert_reference(outcomes, refs, "after the draft agent's SIGKILL")
+            assert running
+            [drafter] = gateway.backends[MODEL].info().details["drafters"]  # type: ignore[index]
+            assert drafter["healthy"] is False, "no in-flight request saw the drafter die"
+            # Later requests are served plainly (the drafter is marked failed): same output.
+            refs[PROMPTS[1]].check(await _chat(url, PROMPTS[1]), "after the draft agent died")
+            await probe.serving_again(errors=False)
+        probe.report("draft agent SIGKILL")
+        probe.check(errors=False)  # the client never sees the drafter die
+        _same_answers(probe, refs, "draft agent killed")
     finally:
         await gateway.stop()
 
@@ -308,9 +346,10 @@ async def test_killed_target_agent_clear_errors_then_recovery(
     procs.append(gw)
     await gw.wait_ready()
     url = f"http://127.0.0.1:{gport}"
-
+    probe = await _prober(url).__aenter__()
     load = Load(url)
     running = await load.streaming(chunks=2)
+    probe.kill()
     target.kill()
     outcomes = await load.finish()
     failed = [o for o in outcomes if o.error is not None]
@@ -333,34 +372,19 @@ async def test_killed_target_agent_clear_errors_then_recovery(
     assert int(refused.value.response.headers["Retry-After"]) >= 1
     body = refused.value.body
     assert isinstance(body, dict) and body.get("message") and body.get("type"), body
-    # Restart on the same port: the same gateway serves again. What the client sees, request
-    # by request: 503 (never 404: the route is configured) until it serves.
+    # Restart on the same port: the same gateway serves again. What the client sees, probe
+    # by probe: 503 (never 404: the route is configured) until it serves.
     target = agent()
     await target.wait_ready()
-    t0 = time.monotonic()
-    answer = ""
-    timeline: list[tuple[float, int]] = []
-
-    async def served() -> bool:
-        nonlocal answer
-        try:
-            answer = await _chat(url)
-        except openai.APIStatusError as exc:
-            timeline.append((time.monotonic() - t0, exc.status_code))
-            assert exc.status_code == 503, exc
-            return False
-        timeline.append((time.monotonic() - t0, 200))
-        return True
-
-    await _until("the gateway to serve the restarted target", served, timeout_s=60)
-    recovery = time.monotonic() - t0
-    print(
-        f"target restart: gateway served again {recovery:.1f} s after the agent was back; "
-        f"client saw {[(round(t, 1), code) for t, code in timeline]}"
-    )
-    assert 404 not in [code for _, code in timeline]
-    refs[PROMPTS[0]].check(answer, "after the target's restart")
-    assert recovery < 10.0, f"the gateway took {recovery:.1f} s to reconnect"
+    back = probe._now()
+    try:
+        await probe.serving_again()
+    finally:
+        await probe.stop()
+    probe.report(f"target agent SIGKILL (agent restarted, ready at {back:.1f} s)")
+    probe.check((200, 503))
+    _same_answers(probe, refs, "target agent killed and restarted")
+    refs[PROMPTS[0]].check(await _chat(url), "after the target's restart")
     assert await gw.terminate() == 0
 
 
@@ -376,9 +400,11 @@ async def test_killed_gateway_frees_sessions_and_a_restart_serves(
     procs.append(gw)
     await gw.wait_ready()
     url = f"http://127.0.0.1:{gport}"
+    probe = await _prober(url).__aenter__()
     load = Load(url)
     await load.streaming(chunks=2)
     assert await live_sessions(shared_target.address, MODEL) > 0
+    probe.kill()
     gw.kill()
     outcomes = await load.finish()
     assert any(isinstance(o.error, openai.APIConnectionError) for o in outcomes), outcomes
@@ -390,6 +416,16 @@ async def test_killed_gateway_frees_sessions_and_a_restart_serves(
     gw = start_gateway_process(tmp_path, port=gport, api_key=API_KEY, config=config)
     procs.append(gw)
     await gw.wait_ready()
+    back = probe._now()
+    try:
+        await probe.serving_again()
+    finally:
+        await probe.stop()
+    probe.report(f"gateway SIGKILL (gateway restarted, ready at {back:.1f} s)")
+    # The probe in flight at the kill sees its connection drop; every later one is refused.
+    probe.check((200, REFUSED, DISCONNECTED))
+    assert REFUSED in {p.outcome for p in probe.probes}, probe.codes()
+    _same_answers(probe, refs, "gateway killed and restarted")
     refs[PROMPTS[2]].check(await _chat(url, PROMPTS[2]), "after the gateway's restart")
     assert await gw.terminate() == 0
 
@@ -569,13 +605,16 @@ async def test_controller_killed_and_stopped_under_load(
     )
     gateway = GatewayServer([route], GatewaySettings(api_key=API_KEY, max_concurrency=16), port=0)
     url = await gateway.start()
+    probe = await _prober(url).__aenter__()
     try:
         # SIGKILL: the gateway keeps serving its known route.
         load = Load(url)
         await load.streaming(chunks=2)
+        probe.kill()
         ctl.kill()
         _assert_reference(await load.finish(), refs, "the controller killed")
         refs[PROMPTS[3]].check(await _chat(url, PROMPTS[3]), "no controller")
+        await probe.serving_again(errors=False)
         # Restarted on its state: the agent re-attaches.
         ctl = controller()
         await ctl.wait_ready()
@@ -591,5 +630,10 @@ async def test_controller_killed_and_stopped_under_load(
         assert not ctl.descendants()
         _assert_reference(await load.finish(), refs, "the controller stopped")
         assert agent.alive
+        await probe.stop()
+        probe.report("controller SIGKILL, restart, then SIGTERM (gateway on its known route)")
+        probe.check(errors=False)  # the client never sees the controller go
+        _same_answers(probe, refs, "controller killed, restarted, stopped")
     finally:
+        await probe.stop()
         await gateway.stop()

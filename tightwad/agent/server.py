@@ -306,12 +306,12 @@ class ControllerLink:
         )
 
     async def _session(self) -> None:
-        outbox: asyncio.Queue[controller_pb2.RegisterRequest] = asyncio.Queue()
+        outbox: asyncio.Queue[controller_pb2.RegisterRequest | None] = asyncio.Queue()
         await outbox.put(await self._hello())
 
         async def requests() -> AsyncIterator[controller_pb2.RegisterRequest]:
-            while True:
-                yield await outbox.get()
+            while (message := await outbox.get()) is not None:
+                yield message
 
         async with client_channel(
             self._controller, token=self._token, credentials=self._credentials
@@ -339,6 +339,11 @@ class ControllerLink:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 call.cancel()
+                # End the request stream: grpc cancels its reader of ``requests()`` only if the
+                # call was still live, so after the controller ended it the reader would wait
+                # on the outbox forever, then be destroyed pending (and the generator's
+                # finalizer fail: "aclose(): asynchronous generator is already running").
+                outbox.put_nowait(None)
 
     async def _drain(self, call: grpc.aio.StreamStreamCall) -> None:
         """Read acknowledgements; the stream's end or error ends the session."""

@@ -38,6 +38,11 @@ __all__ = ["ControllerServicer"]
 T = TypeVar("T")
 
 
+def _retrieve(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
     def __init__(self, controller: Controller) -> None:
         self._c = controller
@@ -56,6 +61,9 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         try:
             while not self._closing.is_set():
                 item = asyncio.ensure_future(anext(source))
+                # Whatever ends this generator (a cancelled handler, a closed stream), the
+                # read's outcome never goes unretrieved ("Task exception was never retrieved").
+                item.add_done_callback(_retrieve)
                 await asyncio.wait({item, closing}, return_when=asyncio.FIRST_COMPLETED)
                 if not item.done():
                     return

@@ -202,6 +202,7 @@ class ControllerRoutes:
             try:
                 while True:
                     nxt = asyncio.ensure_future(anext(stream))
+                    nxt.add_done_callback(_retrieve)  # never "exception was never retrieved"
                     done, _ = await asyncio.wait(
                         {nxt, stopping},
                         timeout=self.settings.idle_s,
@@ -402,6 +403,11 @@ _RANK = {
     "stopped": 6,
     "unspecified": 7,
 }
+
+
+def _retrieve(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _describe(exc: BaseException) -> str:
