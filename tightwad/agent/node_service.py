@@ -31,6 +31,7 @@ from tightwad.agent.processes import Supervisor
 from tightwad.agent.processes import process_wire as process_convert
 from tightwad.agent.processes.domain import ProcessStatus
 from tightwad.clock import Clock, SystemClock
+from tightwad.config._schema import EngineConfig as _ConfigEngine
 from tightwad.engine import facts_wire as inventory_convert
 from tightwad.engine.device_facts import DeviceInfo
 from tightwad.engine.engine_config import EngineConfig
@@ -59,12 +60,15 @@ _PROGRESS_POLL_S = 0.25
 _ENGINE = {f.name: f.default for f in fields(EngineConfig)}
 
 
+_CONFIG_ENGINE = _ConfigEngine()  # the cluster file's engine section, defaults
+
+
 @dataclass(frozen=True, slots=True)
 class LoadDefaults:
     """What a ``LoadModel`` request leaves at 0 gets these (from the cluster's ``engine``)."""
 
     ctx_size: int = 4096
-    max_sessions: int = 4
+    max_sessions: int = _CONFIG_ENGINE.max_sessions  # engine.max_sessions
     batch_size: int = 512
     threads: int = 0
     # Not on the wire at all: always these (the engine's own defaults unless the file says).

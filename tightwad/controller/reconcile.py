@@ -39,6 +39,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from tightwad.config._schema import EngineConfig as _ConfigEngine
 from tightwad.controller.domain import (
     Deployment,
     DeploymentState,
@@ -98,11 +99,14 @@ def server_process_name(dep: Deployment) -> str:
     return llama_server_name(dep.deployment_id)
 
 
+_CONFIG_ENGINE = _ConfigEngine()  # the cluster file's engine section, defaults
+
+
 @dataclass(frozen=True, slots=True)
 class EngineHostDefaults:
     """Engine settings a deployment spec does not carry (the cluster file's ``engine``)."""
 
-    max_sessions: int = 4
+    max_sessions: int = _CONFIG_ENGINE.max_sessions  # engine.max_sessions
     threads: int = 0
     batch_size: int = 512
     # None: the engine host's own default (the engine's EngineConfig).
