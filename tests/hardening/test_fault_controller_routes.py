@@ -17,7 +17,7 @@ from gateway.test_gateway_watch_routes import ControllerProcess, _deploy, _has_m
 from tightwad.agent.server import AgentServer
 from tightwad.gateway.server import GatewayServer
 
-from .timeline import Prober
+from .timeline import LEAKS_ARE_ERRORS, Prober
 
 __all__ = ["stack"]  # the fixture this test uses
 
@@ -25,9 +25,7 @@ pytestmark = [
     pytest.mark.cluster,
     pytest.mark.engine,
     pytest.mark.slow,
-    pytest.mark.usefixtures("no_asyncio_leaks"),
-    pytest.mark.filterwarnings("error::ResourceWarning"),
-    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
+    *LEAKS_ARE_ERRORS,
 ]
 
 BODY = {"model": "smollm", "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}

@@ -22,7 +22,7 @@ from tightwad.gateway.controller_routes import WatchSettings
 from tightwad.gateway.server import GatewayServer
 from tightwad.v1 import controller_pb2
 
-from .timeline import Prober
+from .timeline import LEAKS_ARE_ERRORS, Prober
 
 __all__ = ["cluster"]  # the fixture this test uses
 
@@ -30,9 +30,7 @@ pytestmark = [
     pytest.mark.cluster,
     pytest.mark.engine,
     pytest.mark.slow,
-    pytest.mark.usefixtures("no_asyncio_leaks"),
-    pytest.mark.filterwarnings("error::ResourceWarning"),
-    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
+    *LEAKS_ARE_ERRORS,
 ]
 
 BODY = {"model": "smollm", "prompt": "The capital of France is", "max_tokens": 4}

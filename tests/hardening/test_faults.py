@@ -56,16 +56,14 @@ from .support import (
     start_gateway_process,
     target_alone,
 )
-from .timeline import DISCONNECTED, REFUSED, Prober
+from .timeline import DISCONNECTED, LEAKS_ARE_ERRORS, REFUSED, Prober
 
 pytestmark = [
     pytest.mark.cluster,
     pytest.mark.engine,
     pytest.mark.slow,
     # leaks in this process (in-process gateways) are errors too; see also ``procs``
-    pytest.mark.usefixtures("no_asyncio_leaks"),
-    pytest.mark.filterwarnings("error::ResourceWarning"),
-    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
+    *LEAKS_ARE_ERRORS,
 ]
 
 API_KEY = "sk-faults"

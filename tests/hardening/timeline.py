@@ -20,6 +20,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
+import pytest
 
 #: time to serve again after a kill (or a restart the test does): a bound, not a speed target
 SERVE_AGAIN_S = 90.0
@@ -196,3 +197,12 @@ class Prober:
         )
         print(line)
         return line
+
+
+#: The marks of every fault test: leaks in this process (in-process gateways and agents) are
+#: errors (the ``no_asyncio_leaks`` fixture of conftest.py, ResourceWarning, unraisables).
+LEAKS_ARE_ERRORS = [
+    pytest.mark.usefixtures("no_asyncio_leaks"),
+    pytest.mark.filterwarnings("error::ResourceWarning"),
+    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
+]
