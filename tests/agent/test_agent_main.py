@@ -95,17 +95,21 @@ def test_children_die_with_a_killed_agent(tmp_path: Path) -> None:
         line = proc.stdout.readline()
         address = line.rsplit("listening on ", 1)[1].split()[0]
 
-        async def start_rpc() -> int:
+        async def start_rpc() -> agent_pb2.ProcessStatus:
             async with grpc.aio.insecure_channel(address) as ch:
                 node = agent_pb2_grpc.NodeServiceStub(ch)
                 spec = agent_pb2.ProcessSpec(name="rpc0", kind=agent_pb2.PROCESS_KIND_RPC_SERVER)
                 r = await node.StartProcess(
                     agent_pb2.StartProcessRequest(spec=spec, wait_healthy=True), timeout=60
                 )
-                return int(r.status.pid)
+                return r.status
 
-        child = asyncio.run(start_rpc())
-        assert child > 0 and Path(f"/proc/{child}").exists()
+        status = asyncio.run(start_rpc())
+        child = int(status.pid)
+        assert child > 0 and Path(f"/proc/{child}").exists(), (
+            f"rpc-server not running: {agent_pb2.ProcessState.Name(status.state)}: "
+            f"{status.message}"
+        )
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         deadline = time.monotonic() + 10

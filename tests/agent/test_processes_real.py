@@ -155,3 +155,27 @@ async def test_missing_binary_is_failed_with_where_it_looked(tmp_path: Path) -> 
         assert st.state is ProcessState.FAILED and str(tmp_path) in st.message
     finally:
         await supervisor.close(1.0)
+
+
+async def test_wait_healthy_waits_through_a_first_attempt_that_dies(
+    binaries: BinaryLocator, tmp_path: Path
+) -> None:
+    """A loaded host can lose a child's first start; ``wait_healthy`` is an answer about health,
+    so it waits for the supervisor's own restart instead of answering "backoff"."""
+    real = binaries.find(BinaryKind.RPC_SERVER)
+    marker = tmp_path / "died-once"
+    wrapper = tmp_path / "ggml-rpc-server"
+    wrapper.write_text(
+        f'#!/bin/sh\nif [ ! -e "{marker}" ]; then touch "{marker}"; exit 3; fi\nexec "{real}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    supervisor = Supervisor(lambda _kind: wrapper, settings=FAST)
+    try:
+        st = await supervisor.start(
+            ProcessSpec(name="rpc", kind=ProcessKind.RPC_SERVER), wait_healthy=True
+        )
+        assert marker.exists(), "the first attempt never ran"
+        assert st.state is ProcessState.RUNNING and st.healthy and st.pid > 0, st.message
+        assert st.restarts == 1 and st.last_exit_code == 3
+    finally:
+        await supervisor.close(1.0)

@@ -265,7 +265,20 @@ class Supervisor:
         if not wait_healthy:
             return await self._wait(m, started, 5.0)
         limit = timeout_s or self.settings.start_timeout(spec.kind) + 10.0
-        return await self._wait(m, lambda s: started(s) and s.state in _SETTLED, limit)
+        deadline = self._clock.monotonic() + limit
+        status = await self._wait(m, lambda s: started(s) and s.state in _SETTLED, limit)
+        if m.sup.state is not ProcessState.BACKOFF:
+            return status
+        # A first attempt that died is restarted on its own: waiting for the caller means
+        # waiting for that restart too (healthy, or given up), within the same limit.
+        try:
+            return await self._wait(
+                m,
+                lambda s: s.state in _SETTLED and s.state is not ProcessState.BACKOFF,
+                max(deadline - self._clock.monotonic(), 0.0),
+            )
+        except DeadlineError:
+            return self._status(m)
 
     async def stop(self, name: str, grace_s: float | None = None) -> ProcessStatus:
         m = self._get(name)
