@@ -29,8 +29,15 @@ _CREATE = (
 )
 
 
+_VULKAN = Path("ggml", "src", "ggml-vulkan", "ggml-vulkan.cpp")
+
+
 def patch_source(src: Path) -> None:
-    path = src / "ggml" / "src" / "ggml-vulkan" / "ggml-vulkan.cpp"
+    """``src``: the binding's source (llama.cpp under vendor/llama.cpp) or llama.cpp itself."""
+    candidates = [src / "vendor" / "llama.cpp" / _VULKAN, src / _VULKAN]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise SystemExit(f"patch_llama: no {_VULKAN} under {src}: not a llama.cpp source")
     text = path.read_text()
     if _MARK in text:
         return

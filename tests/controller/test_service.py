@@ -4,6 +4,7 @@ a real NodeService (in-memory processes and engines)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -39,6 +40,7 @@ class FakeNode(agent_pb2_grpc.NodeServiceServicer):
             healthy=True,
             host=request.spec.host or "127.0.0.1",
             port=request.spec.port or 50100 + len(self.specs),  # the agent allocates
+            since=time.time(),
         )
         self.processes[request.spec.name] = st
         return agent_pb2.StartProcessResponse(status=st)
@@ -47,6 +49,7 @@ class FakeNode(agent_pb2_grpc.NodeServiceServicer):
         self.calls.append(f"stop {request.name}")
         st = self.processes.pop(request.name)
         st.state = agent_pb2.PROCESS_STATE_STOPPED
+        st.since = time.time()
         return agent_pb2.StopProcessResponse(status=st)
 
     async def LoadModel(self, request, context):  # type: ignore[no-untyped-def]
@@ -130,7 +133,7 @@ class FakeAgent:
     async def heartbeat(self) -> None:
         await self.queue.put(
             controller_pb2.RegisterRequest(
-                heartbeat=controller_pb2.Heartbeat(time=0, inventory=self.inventory())
+                heartbeat=controller_pb2.Heartbeat(time=time.time(), inventory=self.inventory())
             )
         )
         await self.call.read()

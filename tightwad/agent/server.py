@@ -362,9 +362,12 @@ class ControllerLink:
             refresh = self._clock.monotonic() >= next_refresh
             if refresh:
                 next_refresh = self._clock.monotonic() + self._refresh_s
+            # Stamped before it is gathered: the snapshot holds every change made before
+            # ``time``, which is how the controller orders it against its own start replies.
+            stamp = self._clock.time()
             inventory = await inventory_message(self._node, refresh=refresh)
             await outbox.put(
                 controller_pb2.RegisterRequest(
-                    heartbeat=controller_pb2.Heartbeat(time=self._clock.time(), inventory=inventory)
+                    heartbeat=controller_pb2.Heartbeat(time=stamp, inventory=inventory)
                 )
             )

@@ -108,6 +108,7 @@ def process_from_proto(msg: agent_pb2.ProcessStatus) -> ProcessView:
         message=msg.message,
         pid=msg.pid,
         restarts=msg.restarts,
+        since=msg.since,
     )
 
 
@@ -169,6 +170,7 @@ def _process_to_proto(p: ProcessView) -> agent_pb2.ProcessStatus:
         message=p.message,
         pid=p.pid,
         restarts=p.restarts,
+        since=p.since,
     )
 
 

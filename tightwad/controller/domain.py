@@ -60,6 +60,7 @@ class ProcessView:
     message: str = ""
     pid: int = 0
     restarts: int = 0
+    since: float = 0.0  # the agent's clock when it last changed state (0: not told)
 
     @property
     def alive(self) -> bool:

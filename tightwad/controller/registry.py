@@ -131,6 +131,9 @@ class Registry:
             for n in store.load_nodes()
         }
         self._last_states = node_states(self._nodes.values(), now, timeout_s)
+        # What this controller's own actions learned (a start reply) that a heartbeat
+        # snapshot older than it must not undo, per node and process name.
+        self._acted: dict[NodeId, dict[str, ProcessView]] = {}
 
     def nodes(self) -> list[NodeRecord]:
         return [self._nodes[k] for k in sorted(self._nodes)]
@@ -147,6 +150,7 @@ class Registry:
     def join(self, join: Join, now: float) -> NodeRecord:
         warnings = check_join(join, self._token, self._nodes.values())
         previous = self._nodes.get(join.node_id)
+        self._acted.pop(join.node_id, None)  # a hello is the agent's whole truth
         node = NodeRecord(
             node_id=join.node_id,
             address=join.address,
@@ -187,7 +191,9 @@ class Registry:
         host: HostFacts | None = None,
         processes: Sequence[ProcessView] | None = None,
         engines: Sequence[EngineView] | None = None,
+        snapshot_time: float = 0.0,
     ) -> NodeRecord:
+        """``snapshot_time``: the agent's clock when it gathered ``processes`` (0: unknown)."""
         node = self.get(node_id)
         changes: dict[str, object] = {"last_seen": now, "connected": True}
         if host is not None:
@@ -195,7 +201,7 @@ class Registry:
         if devices is not None:
             changes["devices"] = tuple(devices)
         if processes is not None:
-            changes["processes"] = tuple(processes)
+            changes["processes"] = self._merge_acted(node_id, processes, snapshot_time)
         if engines is not None:
             changes["engines"] = tuple(engines)
         updated = replace(node, **changes)  # type: ignore[arg-type]
@@ -209,6 +215,27 @@ class Registry:
             self._nodes[node_id] = updated
             self._store.touch_node(node_id, now)
         return updated
+
+    def _merge_acted(
+        self, node_id: NodeId, processes: Sequence[ProcessView], snapshot_time: float
+    ) -> tuple[ProcessView, ...]:
+        """The snapshot, except where a start reply is newer than it.
+
+        A heartbeat gathered before a StartProcess finished can reach the controller after
+        the start's own reply: taken as is, it would say the process just started is missing
+        (or still stopped), and the reconciler would start it again. The agent stamps each
+        state change (``since``) and each snapshot (``time``) on one clock, so the newer wins.
+        """
+        acted = self._acted.get(node_id)
+        if not acted:
+            return tuple(processes)
+        merged = {p.name: p for p in processes}
+        for name, view in list(acted.items()):
+            if snapshot_time and snapshot_time < view.since:
+                merged[name] = view  # the snapshot predates what the action saw
+            else:
+                del acted[name]  # the agent's own report is at least as new from here on
+        return tuple(merged.values())
 
     def disconnect(self, node_id: NodeId, now: float) -> None:
         node = self._nodes.get(node_id)
@@ -249,8 +276,11 @@ class Registry:
         engines = {e.model: e for e in node.engines}
         if process is not None:
             procs[process.name] = process
+            if process.since:
+                self._acted.setdefault(node_id, {})[process.name] = process
         if removed_process is not None:
             procs.pop(removed_process, None)
+            self._acted.get(node_id, {}).pop(removed_process, None)
         if engine is not None:
             engines[engine.model] = engine
         if removed_engine is not None:

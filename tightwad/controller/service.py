@@ -111,6 +111,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
                             devices=[device_from_proto(d) for d in inv.devices],
                             processes=[process_from_proto(p) for p in inv.processes],
                             engines=[engine_from_proto(e) for e in inv.engines],
+                            snapshot_time=hb.time,
                         )
                     else:
                         c.registry.heartbeat(node_id, now)
