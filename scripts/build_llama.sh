@@ -42,15 +42,17 @@ sdist() {
   if [[ ! -d "$ROOT/src" ]]; then
     rm -rf "$ROOT/src.tmp" && mkdir -p "$ROOT/src.tmp"
     tar xzf "$tgz" -C "$ROOT/src.tmp" --strip-components=1
-    "$PY" "$HERE/patch_llama.py" "$ROOT/src.tmp"
+    "$PY" "$HERE/patch_llama.py" "$ROOT/src.tmp" >&2
     mv "$ROOT/src.tmp" "$ROOT/src"
   else
-    "$PY" "$HERE/patch_llama.py" "$ROOT/src"  # idempotent: a source from an older script
+    "$PY" "$HERE/patch_llama.py" "$ROOT/src" >&2  # idempotent: a source from an older script
   fi
 }
 
 complete() {
+  # libllama under its plain name too: a cache from a build that lost its libraries is redone
   [[ -x "$OUT/bin/llama-server" && -x "$OUT/bin/ggml-rpc-server" && -f "$OUT/build.env" ]] \
+    && [[ -f "$OUT/bin/libllama.so" || -f "$OUT/bin/libllama.dylib" ]] \
     && compgen -G "$OUT/wheel/llama_cpp_python-$VERSION-*.whl" >/dev/null
 }
 
@@ -64,12 +66,19 @@ build() {
     -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON \
     -DBUILD_SHARED_LIBS=ON -DCMAKE_BUILD_RPATH='$ORIGIN' -DCMAKE_INSTALL_RPATH='$ORIGIN' \
-    -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON "${FLAGS[@]}" >&2
+    -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON -DCMAKE_PLATFORM_NO_VERSIONED_SONAME=ON \
+    "${FLAGS[@]}" >&2
   cmake --build "$b" --target llama llama-server ggml-rpc-server -j "$JOBS" >&2
   rm -rf "$tmp" && mkdir -p "$tmp/bin" "$tmp/wheel" "$tmp/pure"
   cp "$b/bin/llama-server" "$b/bin/ggml-rpc-server" "$tmp/bin/"
-  find "$b" -name '*.so' -type f -exec cp {} "$tmp/bin/" \;
-  find "$b" -name '*.dylib' -type f -exec cp {} "$tmp/bin/" \;
+  # Unversioned sonames (above): each library is one file under the name that the binaries
+  # and the binding load it by; a symlink is copied as the file it points to.
+  find "$b" \( -name '*.so' -o -name '*.dylib' \) \( -type f -o -type l \) -exec cp -L {} "$tmp/bin/" \;
+  if command -v ldd >/dev/null && ldd "$tmp/bin/llama-server" "$tmp/bin/ggml-rpc-server" | grep -q 'not found'; then
+    ldd "$tmp/bin/llama-server" "$tmp/bin/ggml-rpc-server" >&2
+    echo "build_llama: the binaries miss a library (above); nothing is cached" >&2
+    exit 1
+  fi
   echo "build_llama: packaging the binding (pure Python + the libraries just built)" >&2
   CMAKE_ARGS="-DLLAMA_BUILD=OFF" "$PY" -m pip wheel -q --no-deps -w "$tmp/pure" "$ROOT/src" >&2
   "$PY" "$HERE/patch_llama.py" --wheel "$(ls "$tmp"/pure/*.whl)" "$tmp/bin" "$tmp/wheel" >&2

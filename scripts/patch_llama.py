@@ -42,7 +42,10 @@ def patch_source(src: Path) -> None:
     if _MARK in text:
         return
     if _OLD not in text or _CREATE not in text:
-        print(f"patch_llama: {path} no longer has the unguarded layer-settings block; not patched")
+        print(
+            f"patch_llama: {path} no longer has the unguarded layer-settings block; not patched",
+            file=sys.stderr,
+        )
         return
     text = text.replace(_OLD, f"#if VK_HEADER_VERSION >= 261  // {_MARK}\n{_OLD}", 1)
     fallback = (
@@ -52,7 +55,7 @@ def patch_source(src: Path) -> None:
     )
     text = text.replace(_CREATE, _CREATE + fallback, 1)
     path.write_text(text)
-    print(f"patch_llama: guarded VK_EXT_layer_settings in {path}")
+    print(f"patch_llama: guarded VK_EXT_layer_settings in {path}", file=sys.stderr)
 
 
 def _digest(data: bytes) -> str:
@@ -61,8 +64,9 @@ def _digest(data: bytes) -> str:
 
 def add_libraries(pure: Path, lib_dir: Path, out_dir: Path) -> Path:
     libs = sorted(p for p in lib_dir.iterdir() if p.suffix in {".so", ".dylib"})
-    if not any(p.name.startswith("libllama") for p in libs):
-        raise SystemExit(f"patch_llama: no libllama in {lib_dir}")
+    names = {p.stem for p in libs}
+    if not {"libllama", "libggml", "libggml-base"} <= names:
+        raise SystemExit(f"patch_llama: no libllama, libggml and libggml-base in {lib_dir}")
     out = out_dir / pure.name
     records: list[str] = []
     with zipfile.ZipFile(pure) as zin, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zout:
@@ -82,7 +86,7 @@ def add_libraries(pure: Path, lib_dir: Path, out_dir: Path) -> Path:
             records.append(f"{name},{_digest(data)},{len(data)}")
         records.append(f"{record_name},,")
         zout.writestr(record_name, "\n".join(records) + "\n")
-    print(f"patch_llama: {out.name} with {len(libs)} libraries from {lib_dir}")
+    print(f"patch_llama: {out.name} with {len(libs)} libraries from {lib_dir}", file=sys.stderr)
     return out
 
 

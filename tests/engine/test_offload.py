@@ -15,6 +15,7 @@ from tightwad.engine.offload import (
     OffloadOptions,
     compute_bytes,
     plan_offload,
+    plan_sessions,
 )
 
 OPTS = OffloadOptions(margin_min_bytes=64 * MiB, margin_fraction=0.0)
@@ -127,3 +128,31 @@ def test_engine_config_plans_a_real_gguf_on_this_process_devices(smollm_path: Pa
     # Non-GPU tests see no ggml GPU (Vulkan's llvmpipe is hidden without GGML_VK_VISIBLE_DEVICES).
     assert cfg.gpu_layers == cfg.offload.n_gpu_layers
     assert "30/30 layers on" in cfg.offload_summary
+
+
+def _fits(free_mib: int, cells: int) -> bool:
+    plan = plan_offload(facts(), [dev("CUDA0", free_mib)], ctx_cells=cells, options=OPTS)
+    return plan.cpu_layers == 0
+
+
+def test_fewer_sessions_when_their_kv_is_what_keeps_layers_off_the_gpu() -> None:
+    ctx = 8192  # 10 KiB of KV a cell: 80 MiB a session, 640 MiB for 8
+    free = next(m for m in range(600, 2000, 10) if _fits(m, 3 * ctx) and not _fits(m, 4 * ctx))
+    plan = plan_sessions(facts(), [dev("CUDA0", free)], ctx, 8, options=OPTS)
+    assert plan.sessions == 3 and plan.cpu_layers == 0 and plan.n_gpu_layers == 11
+    assert plan.kv_bytes == 3 * ctx * facts().kv_bytes_per_token
+    asked = plan_offload(facts(), [dev("CUDA0", free)], ctx_cells=8 * ctx, options=OPTS)
+    assert asked.cpu_layers > 0
+    assert f"would leave {asked.cpu_layers} layer(s) on the CPU, so 3 session(s)" in plan.summary()
+    assert plan.summary().startswith("10/10 layers on CUDA0")
+
+
+def test_sessions_stay_as_asked_when_everything_fits_or_nothing_would() -> None:
+    roomy = plan_sessions(facts(), [dev("CUDA0", 4000)], 8192, 8, options=OPTS)
+    assert roomy.sessions == 0 and roomy.cpu_layers == 0 and not roomy.sessions_note
+    # the weights alone do not fit: one session would not bring every layer on, keep 8
+    small = plan_sessions(facts(), [dev("CUDA0", 400)], 8192, 8, options=OPTS)
+    assert small.sessions == 0 and small.cpu_layers > 0
+    assert small == plan_offload(facts(), [dev("CUDA0", 400)], ctx_cells=8 * 8192, options=OPTS)
+    # no GPU: nothing to gain by fewer sessions
+    assert plan_sessions(facts(), [], 8192, 8, options=OPTS).sessions == 0

@@ -23,7 +23,10 @@ class EngineConfig:
     in this process (on ``devices`` when named), 0 when it sees none; the plan is kept in
     ``offload`` (``offload.summary()`` is the line to print at start). An int overrides it
     (``-1``: all layers), as ``--gpu-layers`` does; a plan that offloads also fills
-    ``devices`` and ``tensor_split`` when they were not given."""
+    ``devices`` and ``tensor_split`` when they were not given. When the KV cache of
+    ``max_sessions`` sessions is what keeps layers off the GPUs, "auto" serves fewer sessions
+    at once with every layer on them (:func:`tightwad.engine.offload.plan_sessions`; the
+    summary says so)."""
 
     model_id: str
     path: Path
@@ -72,6 +75,8 @@ class EngineConfig:
             return
         set_(self, "gpu_layers", plan.n_gpu_layers)
         set_(self, "offload", plan)
+        if plan.sessions:  # the asked sessions' KV would push layers off the GPUs
+            set_(self, "max_sessions", plan.sessions)
         if plan.devices and not self.devices:
             set_(self, "devices", plan.devices)
             if not self.tensor_split:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +45,7 @@ __all__ = [
     "placement_line",
     "plan_for_config",
     "plan_offload",
+    "plan_sessions",
 ]
 
 MiB = 1 << 20
@@ -110,6 +111,10 @@ class OffloadPlan:
     reason: str = ""  # why (some) layers stay on the CPU
     devices: tuple[str, ...] = field(default=())
     tensor_split: tuple[float, ...] = field(default=())
+    # Sessions the KV cache was sized for when :func:`plan_sessions` chose fewer than asked
+    # (0: as asked), and the line that says why.
+    sessions: int = 0
+    sessions_note: str = ""
 
     @property
     def gpu_layers(self) -> int:
@@ -127,7 +132,8 @@ class OffloadPlan:
                 f"{self.cpu_layers}/{self.n_layers} layers on CPU, {_fmt(self.cpu_weight_bytes)}"
             )
         line = " + ".join(parts) + f"; KV {_fmt(self.kv_bytes)}"
-        return f"{line} ({self.reason})" if self.reason else line
+        line = f"{line} ({self.reason})" if self.reason else line
+        return f"{line}; {self.sessions_note}" if self.sessions_note else line
 
 
 def _fmt(n: int) -> str:
@@ -227,6 +233,36 @@ def plan_offload(
     )
 
 
+def plan_sessions(
+    facts: ModelFacts,
+    devices: Sequence[OffloadDevice],
+    ctx_size: int,
+    max_sessions: int,
+    options: OffloadOptions | None = None,
+) -> OffloadPlan:
+    """The plan for ``max_sessions`` sessions of ``ctx_size`` cells, unless their KV cache is
+    what pushes layers off the GPUs: then the most sessions (fewer) with every layer on them.
+
+    A layer on the CPU slows every token of every session (a 32-layer model with 12 on the CPU
+    decodes at a fraction of its all-GPU speed), while a session more only serves one client
+    more at once; so when all layers fit with fewer sessions, fewer it is, and the plan says so
+    (``sessions``, ``sessions_note``). When not even one session's KV lets every layer fit,
+    the sessions stay as asked (the weights, not the KV, are what does not fit)."""
+    asked = plan_offload(facts, devices, ctx_size * max_sessions, options)
+    if not asked.cpu_layers or not devices or max_sessions <= 1:
+        return asked
+    for k in range(max_sessions - 1, 0, -1):
+        plan = plan_offload(facts, devices, ctx_size * k, options)
+        if not plan.cpu_layers:
+            note = (
+                f"KV for {max_sessions} sessions of {ctx_size} tokens would leave "
+                f"{asked.cpu_layers} layer(s) on the CPU, so {k} session(s) at once "
+                f"(engine.max_sessions {max_sessions}; a number for engine.n_gpu_layers keeps it)"
+            )
+            return replace(plan, sessions=k, sessions_note=note)
+    return asked
+
+
 def _split(shares: Sequence[DeviceShare]) -> tuple[float, ...]:
     """Counts per device (output head on the last) with each cumulative boundary half a layer
     inside its range, so llama.cpp's ``upper_bound`` over the split gives exactly these ranges."""
@@ -259,7 +295,7 @@ def plan_for_config(cfg: EngineConfig) -> OffloadPlan | None:
     except (ModelLoadError, OSError, ValueError):
         return None
     options = OffloadOptions(ubatch=cfg.batch_size, flash_attn=cfg.flash_attn)
-    return plan_offload(facts, devices, cfg.ctx_size * cfg.max_sessions, options)
+    return plan_sessions(facts, devices, cfg.ctx_size, cfg.max_sessions, options)
 
 
 def placement_line(cfg: EngineConfig, layers: Sequence[tuple[str, int]] = ()) -> str:
