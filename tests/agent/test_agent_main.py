@@ -107,8 +107,7 @@ def test_children_die_with_a_killed_agent(tmp_path: Path) -> None:
         status = asyncio.run(start_rpc())
         child = int(status.pid)
         assert child > 0 and Path(f"/proc/{child}").exists(), (
-            f"rpc-server not running: {agent_pb2.ProcessState.Name(status.state)}: "
-            f"{status.message}"
+            f"rpc-server not running: {agent_pb2.ProcessState.Name(status.state)}: {status.message}"
         )
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)

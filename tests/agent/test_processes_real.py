@@ -166,7 +166,8 @@ async def test_wait_healthy_waits_through_a_first_attempt_that_dies(
     marker = tmp_path / "died-once"
     wrapper = tmp_path / "ggml-rpc-server"
     wrapper.write_text(
-        f'#!/bin/sh\nif [ ! -e "{marker}" ]; then touch "{marker}"; exit 3; fi\nexec "{real}" "$@"\n'
+        f'#!/bin/sh\nif [ ! -e "{marker}" ]; then touch "{marker}"; exit 3; fi\n'
+        f'exec "{real}" "$@"\n'
     )
     wrapper.chmod(0o755)
     supervisor = Supervisor(lambda _kind: wrapper, settings=FAST)

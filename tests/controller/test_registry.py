@@ -18,7 +18,7 @@ A = NodeId("a")
 
 
 def registry(tmp_path: Path) -> Registry:
-    store = Store(tmp_path / "c.db")
+    store = Store.open(tmp_path / "c.db")
     reg = Registry(store, EventLog(store, SystemClock()), token=None, timeout_s=10.0, now=0.0)
     host = HostFacts("a", "linux", "x86_64", 4, 16 * GiB, 16 * GiB)
     reg.join(Join(A, "", "127.0.0.1:1", host, (), ()), 0.0)
@@ -26,7 +26,8 @@ def registry(tmp_path: Path) -> Registry:
 
 
 def rpc(state: str = "running", since: float = 100.0) -> ProcessView:
-    return ProcessView("rpc0", ProcessKind.RPC_SERVER, state, healthy=state == "running", since=since)
+    healthy = state == "running"
+    return ProcessView("rpc0", ProcessKind.RPC_SERVER, state, healthy=healthy, since=since)
 
 
 def names(reg: Registry) -> dict[str, str]:

@@ -140,6 +140,7 @@ def test_cache_is_keyed_by_version_and_backend(tmp_path: Path) -> None:
     for exe in ("llama-server", "ggml-rpc-server"):
         (done / "bin" / exe).write_text("#!/bin/sh\n")
         (done / "bin" / exe).chmod(0o755)
+    (done / "bin" / "libllama.so").write_text("")  # a cache without it is built again
     (done / "wheel" / "llama_cpp_python-9.9.9-py3-none-any.whl").write_text("")
     (done / "build.env").write_text("backend=cpu\n")
     env = _env(
@@ -160,3 +161,10 @@ def test_cache_is_keyed_by_version_and_backend(tmp_path: Path) -> None:
         [BASH, str(SCRIPTS / "build_llama.sh"), "bin"], env=env, capture_output=True, text=True
     )
     assert other.returncode == 3 and not (cache / "llama.cpp" / "9.9.9" / "vulkan").exists()
+    del env["TIGHTWAD_BACKEND"]
+    (done / "bin" / "libllama.so").unlink()  # the binaries without their library: not done
+    again = subprocess.run(
+        [BASH, str(SCRIPTS / "build_llama.sh"), "bin"], env=env, capture_output=True, text=True
+    )
+    assert "downloading llama-cpp-python==9.9.9" in again.stderr
+    assert again.stdout.strip() != str(done / "bin")
