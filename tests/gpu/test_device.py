@@ -44,7 +44,7 @@ def _greedy(model: Path, *, gpu: bool) -> dict[str, object]:
         text=True,
         timeout=600,
     )
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 0, f"rc {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
     (line,) = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
     return dict(json.loads(line[len("RESULT ") :]))
 

@@ -32,7 +32,7 @@ def test_ngram_drafting_over_a_gpu_target_equals_the_target_alone(
         text=True,
         timeout=900,
     )
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 0, f"rc {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
     (line,) = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
     got = json.loads(line[len("RESULT ") :])
     name = str(gpu_device["name"])

@@ -496,7 +496,9 @@ class StartProcessRequest(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     WAIT_HEALTHY_FIELD_NUMBER: _builtins.int
     wait_healthy: _builtins.bool
-    """Wait until the health probe passes (or fails) before answering."""
+    """Wait until the health probe passes, or the process is given up (crash loop, failed,
+    stopped), before answering; a first attempt that dies is waited through its restart.
+    """
     @_builtins.property
     def spec(self) -> Global___ProcessSpec: ...
     def __init__(
