@@ -65,3 +65,20 @@ def test_a_process_without_devices_keeps_the_agents_visibility() -> None:
     spec = ProcessSpec("engine-x", ProcessKind.ENGINE_HOST, args=("--devices", "Vulkan0"))
     assert child_env(base, spec, DEVICES.get)["GGML_VK_VISIBLE_DEVICES"] == "0"
     assert "GGML_VK_VISIBLE_DEVICES" not in device_env(spec, DEVICES.get)
+
+
+def test_a_process_pinned_to_llvmpipe_runs_without_ggml_vulkans_fused_kernels() -> None:
+    # Mesa's software Vulkan device crashes in them (tightwad.engine.ggml_devices); a real
+    # Vulkan GPU keeps them.
+    soft = DeviceInfo(
+        "ggml:h:Vulkan0", 0, "llvmpipe (LLVM 15.0.6, 256 bits)", Vendor.UNKNOWN,
+        Backend.VULKAN, GIB, GIB, ggml_name="Vulkan0",
+    )  # fmt: skip
+    radeon = DeviceInfo(
+        "pci:0000:c1:00.0", 1, "AMD Radeon RX 6700 XT (RADV NAVI22)", Vendor.AMD,
+        Backend.VULKAN, GIB, GIB, ggml_name="Vulkan1",
+    )  # fmt: skip
+    lookup = {d.id: d for d in (soft, radeon)}.get
+    assert device_env(_spec(soft.id), lookup)["GGML_VK_DISABLE_FUSION"] == "1"
+    assert "GGML_VK_DISABLE_FUSION" not in device_env(_spec(radeon.id), lookup)
+    assert "GGML_VK_DISABLE_FUSION" not in device_env(_spec("GPU-aaaa"), DEVICES.get)

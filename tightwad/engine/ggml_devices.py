@@ -16,12 +16,20 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import json
+import os
 import sys
+from collections.abc import MutableMapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 
-__all__ = ["GgmlDeviceProps", "ggml_library_dir", "list_ggml_devices"]
+__all__ = [
+    "VK_DISABLE_FUSION",
+    "GgmlDeviceProps",
+    "ggml_library_dir",
+    "list_ggml_devices",
+    "software_vulkan_workaround",
+]
 
 # enum ggml_backend_dev_type (ggml-backend.h)
 _TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
@@ -104,6 +112,35 @@ def list_ggml_devices() -> tuple[GgmlDeviceProps, ...]:
             )
         )
     return tuple(found)
+
+
+#: ggml-vulkan's switch for its fused kernels (read when a Vulkan device is first initialised).
+VK_DISABLE_FUSION = "GGML_VK_DISABLE_FUSION"
+
+
+def software_vulkan_workaround(
+    devices: Sequence[str], n_gpu_layers: int, env: MutableMapping[str, str] = os.environ
+) -> str:
+    """Turn off ggml-vulkan's op fusion when a model is about to run on Mesa's software Vulkan
+    device (``llvmpipe``); returns the device's name when it did, else ``""``.
+
+    Measured here (llama.cpp of llama-cpp-python 0.3.36, Mesa 22.3 llvmpipe, SmolLM2 with flash
+    attention, all layers on Vulkan0): after a 1-token decode, a 3-token decode crashes the
+    process with SIGSEGV inside llvmpipe's shader threads, every time (a verify of speculation
+    does exactly that); with ``GGML_VK_DISABLE_FUSION`` set, or flash attention off, the same
+    calls give the CPU's tokens. Real GPUs keep their fused kernels: nothing is changed unless a
+    device the model uses is llvmpipe, and a value the user set is left as it is. Call before
+    the model loads: ggml reads the variable when it first initialises the device (listing
+    devices does not)."""
+    if n_gpu_layers == 0 or VK_DISABLE_FUSION in env:
+        return ""
+    seen = list_ggml_devices()
+    used = set(devices) if devices else {d.name for d in seen if d.is_gpu}
+    for d in seen:
+        if d.name in used and d.name.startswith("Vulkan") and "llvmpipe" in d.description:
+            env[VK_DISABLE_FUSION] = "1"
+            return d.name
+    return ""
 
 
 def main() -> int:

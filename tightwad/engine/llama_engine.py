@@ -45,6 +45,7 @@ from tightwad.engine.contract import (
     VerifyResult,
 )
 from tightwad.engine.engine_config import EngineConfig
+from tightwad.engine.ggml_devices import VK_DISABLE_FUSION, software_vulkan_workaround
 from tightwad.engine.offload import placement_line
 from tightwad.engine.session import Session, SessionGrammar, Slot
 from tightwad.engine.session_rules import check_open, check_tokens
@@ -206,6 +207,14 @@ class Engine:
             devices=cfg.devices,
         )
         await _probe_rpc_devices(cfg.devices)
+        if software := software_vulkan_workaround(cfg.devices, cfg.gpu_layers):
+            log.info(
+                "vulkan_fusion_off",
+                model=cfg.model_id,
+                device=software,
+                reason="Mesa's software Vulkan device (llvmpipe) crashes in ggml-vulkan's fused "
+                f"kernels; {VK_DISABLE_FUSION}=1 for this process",
+            )
         loop = asyncio.get_running_loop()
         try:
             model = await loop.run_in_executor(executor, lambda: LlamaModel(params, progress))

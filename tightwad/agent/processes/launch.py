@@ -9,7 +9,9 @@
   nvidia-smi); AMD by ``ROCR_VISIBLE_DEVICES`` (UUID or index) and ``HIP_VISIBLE_DEVICES``
   renumbered ``0..n-1`` (HIP indices are relative to what ROCR exposes); Vulkan by
   ``GGML_VK_VISIBLE_DEVICES`` (see :func:`vulkan_index`); a CPU-only process hides every GPU.
-- Backend presets (ROCm with several GPUs: ``HSA_ENABLE_SDMA=0``), then the spec's ``env``
+- Backend presets (ROCm with several GPUs: ``HSA_ENABLE_SDMA=0``; Mesa's software Vulkan
+  device llvmpipe: ``GGML_VK_DISABLE_FUSION=1``, as
+  :func:`tightwad.engine.ggml_devices.software_vulkan_workaround` says why), then the spec's ``env``
   overrides on top.
 """
 
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from tightwad.agent.processes.domain import ProcessKind, ProcessSpec
 from tightwad.engine.device_facts import Backend, DeviceInfo
+from tightwad.engine.ggml_devices import VK_DISABLE_FUSION
 from tightwad.errors import InvalidRequestError
 
 __all__ = [
@@ -141,6 +144,8 @@ def device_env(
     env["HIP_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(len(rocm)))
     if len(rocm) > 1:
         env.update(_ROCM_MULTI_GPU)
+    if any("llvmpipe" in d.name for d in vulkan):  # software Vulkan: see the function's doc
+        env[VK_DISABLE_FUSION] = "1"
     return env
 
 
