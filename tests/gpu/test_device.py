@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from support import assert_equal_or_near_tie
 
-from gpu.vk import backend_of, child_env, port, wait_health, wait_port
+from gpu.vk import backend_of, child_env, port, run_child, wait_health, wait_port
 from tightwad.agent.binaries import BinaryKind, find_binary
 from tightwad.agent.check import built_backend
 from tightwad.agent.inventory import Backend, SubprocessRunner, collect_inventory
@@ -37,16 +37,7 @@ MIB = 1 << 20
 
 
 def _greedy(model: Path, *, gpu: bool) -> dict[str, object]:
-    out = subprocess.run(
-        [sys.executable, str(CHILD), str(model), str(N), *PROMPTS],
-        env=child_env(gpu=gpu),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, f"rc {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
-    (line,) = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-    return dict(json.loads(line[len("RESULT ") :]))
+    return run_child(CHILD, model, N, *PROMPTS, gpu=gpu)
 
 
 @pytest.fixture(scope="module")

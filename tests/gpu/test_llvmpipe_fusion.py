@@ -6,39 +6,23 @@ applied; on a real GPU nothing is changed and the sequence must pass as it is.""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from gpu.vk import child_env
+from gpu.vk import run_child
 
 pytestmark = [pytest.mark.gpu, pytest.mark.engine]
 
 CHILD = Path(__file__).with_name("fusion_child.py")
 
 
-def _run(model: Path, device: str, *, gpu: bool) -> dict[str, object]:
-    out = subprocess.run(
-        [sys.executable, str(CHILD), str(model), device],
-        env=child_env(gpu=gpu),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, f"rc {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
-    (line,) = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-    return json.loads(line[len("RESULT ") :])
-
-
 def test_a_verify_after_a_single_token_decode_runs_on_the_gpu(
     gpu_device: dict[str, object], smollm_path: Path
 ) -> None:
     name = str(gpu_device["name"])
-    gpu = _run(smollm_path, name, gpu=True)
-    cpu = _run(smollm_path, "", gpu=False)
+    gpu = run_child(CHILD, smollm_path, name, gpu=True)
+    cpu = run_child(CHILD, smollm_path, "", gpu=False)
     software = "llvmpipe" in str(gpu_device["description"]) and name.startswith("Vulkan")
     assert gpu["applied"] == (name if software else "")
     # The last rows of each decode: every position's argmax, compared with the CPU's. A

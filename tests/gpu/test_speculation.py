@@ -6,15 +6,12 @@ and accepts drafted tokens on an edit prompt. Both runs share one engine in one 
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from support import assert_equal_or_near_tie
 
-from gpu.vk import child_env
+from gpu.vk import run_child
 
 pytestmark = [pytest.mark.gpu, pytest.mark.engine]
 
@@ -25,16 +22,7 @@ N = 32  # llvmpipe decodes SmolLM2 at ~2 tokens/s: keep it short
 def test_ngram_drafting_over_a_gpu_target_equals_the_target_alone(
     gpu_device: dict[str, object], smollm_path: Path
 ) -> None:
-    out = subprocess.run(
-        [sys.executable, str(CHILD), str(smollm_path), str(N)],
-        env=child_env(gpu=True),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert out.returncode == 0, f"rc {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
-    (line,) = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-    got = json.loads(line[len("RESULT ") :])
+    got = run_child(CHILD, smollm_path, N, gpu=True, timeout=900)
     name = str(gpu_device["name"])
     assert got["devices"] == [name] and got["summary"].startswith(f"30/30 layers on {name} ")
     alone, ngram = got["alone"], got["ngram"]

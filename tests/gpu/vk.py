@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
+from typing import Any
 
 VK_ENV = "GGML_VK_VISIBLE_DEVICES"
 _HIDE = {VK_ENV: "", "CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": "-1"}
@@ -41,6 +43,22 @@ def child_env(*, gpu: bool) -> dict[str, str]:
     else:
         env.update(_HIDE)
     return env
+
+
+def run_child(script: Path, *args: object, gpu: bool, timeout: float = 600) -> dict[str, Any]:
+    """Run one of the tier's child scripts with the GPUs shown (``gpu``) or hidden, and return
+    the JSON object of its ``RESULT`` line; a child that fails (a crash too) fails the test
+    with its return code and the tails of its output."""
+    out = subprocess.run(
+        [sys.executable, str(script), *map(str, args)],
+        env=child_env(gpu=gpu),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, f"rc {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+    (line,) = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+    return dict(json.loads(line[len("RESULT ") :]))
 
 
 def backend_of(ggml_name: str) -> str:
