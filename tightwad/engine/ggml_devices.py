@@ -27,6 +27,7 @@ __all__ = [
     "VK_DISABLE_FUSION",
     "GgmlDeviceProps",
     "ggml_library_dir",
+    "is_llvmpipe",
     "list_ggml_devices",
     "software_vulkan_workaround",
 ]
@@ -118,6 +119,12 @@ def list_ggml_devices() -> tuple[GgmlDeviceProps, ...]:
 VK_DISABLE_FUSION = "GGML_VK_DISABLE_FUSION"
 
 
+def is_llvmpipe(description: str) -> bool:
+    """Whether a Vulkan device's description (ggml's, which the inventory uses as its name) is
+    Mesa's software device."""
+    return "llvmpipe" in description
+
+
 def software_vulkan_workaround(
     devices: Sequence[str], n_gpu_layers: int, env: MutableMapping[str, str] = os.environ
 ) -> str:
@@ -137,7 +144,7 @@ def software_vulkan_workaround(
     seen = list_ggml_devices()
     used = set(devices) if devices else {d.name for d in seen if d.is_gpu}
     for d in seen:
-        if d.name in used and d.name.startswith("Vulkan") and "llvmpipe" in d.description:
+        if d.name in used and d.name.startswith("Vulkan") and is_llvmpipe(d.description):
             env[VK_DISABLE_FUSION] = "1"
             return d.name
     return ""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tightwad.agent.processes.domain import ProcessKind, ProcessSpec
 from tightwad.engine.device_facts import Backend, DeviceInfo
-from tightwad.engine.ggml_devices import VK_DISABLE_FUSION
+from tightwad.engine.ggml_devices import VK_DISABLE_FUSION, is_llvmpipe
 from tightwad.errors import InvalidRequestError
 
 __all__ = [
@@ -144,7 +144,7 @@ def device_env(
     env["HIP_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(len(rocm)))
     if len(rocm) > 1:
         env.update(_ROCM_MULTI_GPU)
-    if any("llvmpipe" in d.name for d in vulkan):  # software Vulkan: see the function's doc
+    if any(is_llvmpipe(d.name) for d in vulkan):  # software Vulkan: see the function's doc
         env[VK_DISABLE_FUSION] = "1"
     return env
 
